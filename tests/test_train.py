@@ -1,0 +1,312 @@
+"""Training engine: checkpoints, bit-identical resume (interrupt and kill), determinism, DDP with two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fusionbook
+from fusionbook.train import (
+    DictDataset,
+    Task,
+    atomic_open,
+    evaluate,
+    fit,
+    load_checkpoint,
+    seed_everything,
+)
+
+ROOT = Path(fusionbook.__file__).resolve().parent.parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+# Shared by the in-process runs and by the scripts run in subprocesses (killed run, torchrun).
+COMMON = textwrap.dedent('''
+    import torch
+    from torch import nn
+    from torchmetrics.classification import BinaryF1Score
+    from fusionbook.train import DictDataset, Task, fit, seed_everything, with_target
+
+
+    class FlipDataset(DictDataset):
+        """Random horizontal flips drawn from torch's global generator (exercises RNG checkpointing)."""
+
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            if torch.rand(()) < 0.5:
+                item = {k: v.flip(-1) for k, v in item.items()}
+            return item
+
+
+    def data(n, seed, flip=False):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 3, 8, 8, generator=g)
+        cls = FlipDataset if flip else DictDataset
+        return cls(image=x, mask=(x[:, :1] + 0.5 * x[:, 1:2] > 0).float())
+
+
+    def make_model(dropout=0.2):
+        seed_everything(0)
+        layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout2d(dropout))
+        return nn.Sequential(*layers, nn.Conv2d(4, 1, 1))
+
+
+    def task():
+        return Task(loss=with_target(nn.functional.binary_cross_entropy_with_logits),
+                    metrics=lambda: {"f1": BinaryF1Score()},
+                    update=lambda m, out, b: m.update(out.sigmoid(), b["mask"].long()))
+
+
+    def run(ckpt=None, *, epochs=5, dropout=0.2, flip=True, n_train=48, **kw):
+        model = make_model(dropout)
+        kw = {"batch_size": 8, "lr": 0.02, "progress": False, "monitor": "val_f1", "mode": "max", **kw}
+        res = fit(model, task(), data(n_train, 1, flip), data(24, 2), epochs=epochs, checkpoint_dir=ckpt, **kw)
+        return model, res
+''')
+
+RECIPES = {
+    "cyclic+weighted": dict(scheduler="cyclic", scheduler_kwargs={"base_lr": 1e-3, "max_lr": 0.05, "step_size_up": 5},
+                            sample_weights=np.linspace(0.2, 1.0, 48)),
+    "cosine+shuffle": dict(optimizer="adamw", weight_decay=0.01, scheduler="cosine_warm_restarts",
+                           scheduler_kwargs={"T_0": 2}, grad_clip=1.0),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is fastest and matches the subprocesses (OMP_NUM_THREADS=1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def common(tmp_path_factory):
+    path = tmp_path_factory.mktemp("common") / "common.py"
+    path.write_text(COMMON)
+    return runpy.run_path(str(path)) | {"__path__": path}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _same(h1: pd.DataFrame, h2: pd.DataFrame) -> bool:
+    return h1.drop(columns="time_s").equals(h2.drop(columns="time_s"))
+
+
+def _same_weights(m1: torch.nn.Module, m2: torch.nn.Module) -> bool:
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    return s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_same_seed_bit_identical_and_best_restored(common, tmp_path):
+    m1, r1 = common["run"](tmp_path / "a", epochs=4)
+    m2, r2 = common["run"](None, epochs=4)
+    assert _same(r1.history, r2.history) and _same_weights(m1, m2)
+    h = r1.history
+    assert list(h["epoch"]) == [1, 2, 3, 4] and {"train_loss", "val_loss", "val_f1", "lr", "time_s"} <= set(h)
+    assert r1.best_epoch == int(h.loc[h["val_f1"].idxmax(), "epoch"]) and r1.best_metric == h["val_f1"].max()
+    # the model holds the best epoch's weights, which are also in best.pt
+    best = load_checkpoint(r1.checkpoint)
+    assert best["epoch"] == r1.best_epoch and best["monitor"] == "val_f1"
+    assert all(torch.equal(v, best["model"][k]) for k, v in m1.state_dict().items())
+    again = evaluate(m1, common["task"](), common["data"](24, 2), batch_size=5, device="cpu")
+    assert again["f1"] == r1.best_metric
+    # restore_best=False keeps the last epoch's weights (those of last.pt)
+    m3, r3 = common["run"](None, epochs=4, restore_best=False)
+    last = load_checkpoint(r1.last_checkpoint)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in m3.state_dict().items())
+
+
+def test_checkpoint_contents_weights_only(common, tmp_path):
+    _, res = common["run"](tmp_path, epochs=2, **RECIPES["cyclic+weighted"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.pt", "last.pt"], names  # no temporary files left behind
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "sampler_generator", "rng", "epoch", "best_metric",
+                "best_epoch", "bad_epochs", "history", "config"):
+        assert key in ck, key
+    assert ck["epoch"] == 2 and len(ck["history"]) == 2 and ck["scheduler"]["last_epoch"] == 12  # 6 batches/epoch
+    assert set(ck["rng"]) >= {"python", "numpy", "torch"}
+    assert res.wall_time_s > 0 and res.resumed_from_epoch == 0
+
+
+def test_atomic_open_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    with atomic_open(target, "w") as f:
+        f.write("old")
+    with pytest.raises(RuntimeError), atomic_open(target, "w") as f:
+        f.write("half-written")
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_resume_after_interrupt_is_bit_identical(common, tmp_path, recipe):
+    kw = RECIPES[recipe]
+    ref_model, ref = common["run"](None, epochs=5, **kw)
+
+    def interrupt(state):
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        common["run"](tmp_path, epochs=5, callbacks=[interrupt], **kw)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2  # epoch 3 was lost with the interrupt
+    model, res = common["run"](tmp_path, epochs=5, **kw)
+    assert res.resumed_from_epoch == 2
+    assert _same(res.history, ref.history), (res.history, ref.history)
+    assert _same_weights(model, ref_model) and res.best_epoch == ref.best_epoch
+    # a finished run resumes to its result without training
+    model2, res2 = common["run"](tmp_path, epochs=5, **kw)
+    assert res2.resumed_from_epoch == 5 and _same(res2.history, ref.history) and _same_weights(model2, ref_model)
+
+
+def test_resume_after_kill_is_bit_identical(common, tmp_path):
+    script = tmp_path / "train_killed.py"
+    script.write_text(textwrap.dedent(f'''
+        import sys, time
+        sys.path.insert(0, {str(common["__path__"].parent)!r})
+        from common import run
+        run({str(tmp_path / "ckpt")!r}, epochs=8, callbacks=[lambda state: time.sleep(0.4)])
+    '''))
+    proc = subprocess.Popen([sys.executable, str(script)], env=_env(), stderr=subprocess.PIPE)
+    last, epoch, deadline = tmp_path / "ckpt" / "last.pt", 0, time.time() + 120
+    try:
+        while epoch < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "the training subprocess wrote no checkpoint in time"
+            if last.exists():
+                epoch = load_checkpoint(last)["epoch"]
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    epoch = load_checkpoint(last)["epoch"]  # the file survived the kill intact
+    assert 2 <= epoch < 8
+    model, res = common["run"](tmp_path / "ckpt", epochs=8)
+    ref_model, ref = common["run"](None, epochs=8)
+    assert res.resumed_from_epoch == epoch
+    assert _same(res.history, ref.history) and _same_weights(model, ref_model)
+
+
+def test_extend_epochs_and_config_mismatch(common, tmp_path):
+    common["run"](tmp_path, epochs=2)
+    model, res = common["run"](tmp_path, epochs=3)  # train one epoch more
+    ref_model, ref = common["run"](None, epochs=3)
+    assert res.resumed_from_epoch == 2 and _same(res.history, ref.history) and _same_weights(model, ref_model)
+    with pytest.raises(ValueError, match="lr"):
+        common["run"](tmp_path, epochs=4, lr=0.1)
+    _, fresh = common["run"](tmp_path, epochs=1, lr=0.1, resume=False)
+    assert fresh.resumed_from_epoch == 0 and len(fresh.history) == 1
+
+
+def test_early_stopping_and_step_limit(common):
+    calls = []
+    base = common["task"]()
+    task = Task(loss=base.loss, forward=lambda m, b: calls.append(1) or m(b["image"]))
+    model = common["make_model"](0)
+    res = fit(model, task, common["data"](48, 1), common["data"](24, 2), epochs=10, batch_size=8, lr=1e-12,
+              patience=2, max_steps_per_epoch=2, progress=False)
+    # nothing improves after epoch 1: stop after 2 more epochs; each epoch 2 training + 3 validation batches
+    assert res.stopped_early and list(res.history["epoch"]) == [1, 2, 3] and res.best_epoch == 1
+    assert len(calls) == 3 * (2 + 3)
+
+
+def test_weighted_loss_components_are_logged(common):
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    task = Task(loss=lambda out, b: {"fuse": bce(out, b["mask"]), "aux": (out**2).mean()}, loss_weights={"fuse": 2.0})
+    res = fit(common["make_model"](0), task, common["data"](16, 1), common["data"](8, 2), epochs=1, batch_size=8,
+              progress=False)
+    row = res.history.iloc[0]
+    assert {"train_fuse", "train_aux", "val_fuse", "val_aux"} <= set(res.history)
+    assert row["val_loss"] == pytest.approx(2 * row["val_fuse"] + row["val_aux"], rel=1e-6)
+    assert res.monitor == "val_loss"
+
+
+def test_progress_output(common, capsys):
+    common["run"](None, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+    common["run"](None, epochs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "fit" in err and "val_f1" in err
+
+
+def test_clear_errors(common):
+    run = common["run"]
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        run(None, epochs=1, optimizer="sgd")
+    with pytest.raises(ValueError, match="val_iou.*val_f1"):
+        run(None, epochs=1, monitor="val_iou")
+    with pytest.raises(ValueError, match="sample_weights has 3 entries"):
+        run(None, epochs=1, sample_weights=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="T_0"):
+        run(None, epochs=1, scheduler="cosine_warm_restarts")
+    with pytest.raises(KeyError, match="image"):
+        fit(common["make_model"](0), common["task"](), DictDataset(x=torch.zeros(4, 3, 8, 8)), epochs=1,
+            batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        run(None, epochs=1, amp="fp16", device="cpu")
+    with pytest.raises(ValueError, match="fit needs a task with a loss"):
+        fit(common["make_model"](0), Task(), common["data"](4, 1), epochs=1, batch_size=2)
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_checkpoint("nothing.pt")
+
+
+def test_bf16_autocast_on_cpu(common):
+    _, res = common["run"](None, epochs=1, amp="bf16")
+    assert res.history[["train_loss", "val_loss", "val_f1"]].notna().all(axis=None)
+
+
+def test_seed_everything_rejects_bad_seed():
+    with pytest.raises(TypeError, match="seed"):
+        seed_everything("0")
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to the interpreter")
+def test_ddp_two_processes_match_one(common, tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(textwrap.dedent(f'''
+        import json, os, sys
+        sys.path.insert(0, {str(common["__path__"].parent)!r})
+        from common import run
+        model, res = run({str(tmp_path / "ckpt")!r}, epochs=3, dropout=0, flip=False, n_train=32, batch_size=4)
+        out = {{"history": res.history.drop(columns="time_s").to_dict("list"),
+               "weights": [p.detach().flatten().tolist() for p in model.parameters()]}}
+        with open(os.path.join({str(tmp_path)!r}, "rank%s.json" % os.environ["RANK"]), "w") as f:
+            json.dump(out, f)
+    '''))
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every process ends with the same synchronised numbers and weights
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["config"]["world_size"] == 2
+    # one process with the same global batch (8 = 2 × 4) gives the same run up to float rounding
+    model, res = common["run"](None, epochs=3, dropout=0, flip=False, n_train=32, batch_size=8)
+    single = res.history.drop(columns="time_s").to_dict("list")
+    assert ranks[0]["history"].keys() == single.keys()
+    for k, v in single.items():
+        np.testing.assert_allclose(ranks[0]["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    for p, q in zip(model.parameters(), ranks[0]["weights"]):
+        np.testing.assert_allclose(p.detach().flatten().numpy(), q, rtol=1e-4, atol=1e-6)
