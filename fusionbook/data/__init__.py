@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/09_data.ipynb #8317b0ab
+# %% ../../nbs/09_data.ipynb #cc81ba79
 import importlib
 
 _LAZY = {
@@ -14,6 +14,7 @@ _LAZY = {
     "SEN12GUM": "sen12gum",
     "SpaceNet7S1S2": "spacenet7",
     "simulate": "simulate",
+    "cached_simulation": "simulate",
     "SceneKnobs": "scene",
     "simulate_scene": "scene",
     "compute_band_stats": "stats",
