@@ -14,7 +14,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
 # %% auto #0
-__all__ = ['WORLDCOVER_COLORS', 'stretch', 'worldcover_cmap', 'show_modality', 'show_sample']
+__all__ = ['WORLDCOVER_COLORS', 'stretch', 'worldcover_cmap', 'category_legend', 'show_modality', 'show_sample', 'show_samples']
 
 # %% ../nbs/19_plot.ipynb #ee73e961
 WORLDCOVER_COLORS: dict[int, tuple[str, str]] = {
@@ -50,13 +50,28 @@ def worldcover_cmap() -> tuple[ListedColormap, BoundaryNorm]:
     bounds = [c - 0.5 for c in codes] + [codes[-1] + 0.5]
     return cmap, BoundaryNorm(bounds, cmap.N)
 
+
+def category_legend(ax: plt.Axes, colors: Mapping[str, str], title: str | None = None, **kw) -> plt.Axes:
+    "Legend of coloured patches ``{label: colour}`` to the right of ``ax`` (``kw`` go to `Axes.legend`)."
+    opts = dict(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False) | kw
+    handles = [Patch(facecolor=c, edgecolor="0.6", linewidth=0.5, label=lab) for lab, c in colors.items()]
+    ax.legend(handles=handles, title=title, **opts)
+    return ax
+
 # %% ../nbs/19_plot.ipynb #a05224a7
 def show_modality(ax: plt.Axes, data, kind: str, title: str = "", *, rgb: Sequence[int] = (2, 1, 0),
                   vmin: float | None = None, vmax: float | None = None, legend: bool = False) -> plt.Axes:
     "Draw ``data`` ((C,H,W) or (H,W)) on ``ax`` as ``kind``."
     a = _np(data)
     if kind == "optical":
-        ax.imshow(stretch(a[list(rgb)]))
+        if vmax is None:
+            ax.imshow(stretch(a[list(rgb)]))
+        else:
+            lo = 0.0 if vmin is None else vmin
+            if not vmax > lo:
+                raise ValueError(f"optical range needs vmax > vmin, got vmin={lo}, vmax={vmax}")
+            img = (np.nan_to_num(a[list(rgb)].astype("float64")) - lo) / (vmax - lo)
+            ax.imshow(np.clip(img, 0, 1).transpose(1, 2, 0))
     elif kind == "sar":
         a = a[0] if a.ndim == 3 else a
         ax.imshow(a, cmap="gray", vmin=-25 if vmin is None else vmin, vmax=0 if vmax is None else vmax)
@@ -65,9 +80,7 @@ def show_modality(ax: plt.Axes, data, kind: str, title: str = "", *, rgb: Sequen
         cmap, norm = worldcover_cmap()
         ax.imshow(a, cmap=cmap, norm=norm, interpolation="nearest")
         if legend:
-            present = [c for c in WORLDCOVER_COLORS if (a == c).any()]
-            ax.legend(handles=[Patch(color=WORLDCOVER_COLORS[c][1], label=WORLDCOVER_COLORS[c][0]) for c in present],
-                      loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+            category_legend(ax, {n: col for c, (n, col) in WORLDCOVER_COLORS.items() if (a == c).any()})
     elif kind == "lights":
         a = a[0] if a.ndim == 3 else a
         ax.imshow(np.log1p(np.clip(a, 0, None)), cmap="magma")
@@ -95,3 +108,33 @@ def show_sample(sample: Mapping[str, torch.Tensor], panels: Sequence[tuple[str, 
             raise KeyError(f"sample has no {key!r}; it has {sorted(sample)}")
         show_modality(ax, sample[key], kind, title, **kw.get(key, {}))
     return axes[0].figure
+
+# %% ../nbs/19_plot.ipynb #b67930fb
+def show_samples(samples: Sequence[Mapping[str, torch.Tensor]], panels: Sequence[tuple[str, str, str]], *,
+                 col_titles: Sequence[str] | None = None, size: float = 1.8, missing: str = "missing",
+                 **kw) -> plt.Figure:
+    "Grid of ``len(panels)`` rows × ``len(samples)`` columns; panel titles become row labels."
+    if not samples or not panels:
+        raise ValueError(f"show_samples needs at least one sample and one panel, got {len(samples)} and {len(panels)}")
+    if col_titles is not None and len(col_titles) != len(samples):
+        raise ValueError(f"col_titles has {len(col_titles)} entries for {len(samples)} samples")
+    fig, axes = plt.subplots(len(panels), len(samples), figsize=(size * len(samples), size * len(panels)),
+                             squeeze=False, layout="constrained")
+    for j, sample in enumerate(samples):
+        for i, (key, kind, _) in enumerate(panels):
+            ax, title = axes[i, j], (col_titles[j] if col_titles is not None and i == 0 else "")
+            if sample.get(key) is None:
+                ax.set_facecolor("#f2f2f2")
+                ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=8, color="#b2182b",
+                        transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_title(title, fontsize=9)
+                for side in ax.spines.values():
+                    side.set_visible(False)
+            else:
+                show_modality(ax, sample[key], kind, title, **kw.get(key, {}))
+    for i, (_, _, label) in enumerate(panels):
+        axes[i, 0].text(-0.06, 0.5, label, rotation=90, ha="right", va="center", fontsize=8,
+                        transform=axes[i, 0].transAxes)
+    return fig
