@@ -324,3 +324,8 @@ def test_simulate_missing_writer(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fusionbook.data.mapinwild", types.SimpleNamespace())
     with pytest.raises(NotImplementedError, match="simulate_mapinwild"):
         simulate("mapinwild", tmp_path)
+
+
+def test_no_scene_knobs_means_writer_defaults():
+    k, extra = split_knobs({"patch_size": 120})
+    assert k is None and extra == {"patch_size": 120}

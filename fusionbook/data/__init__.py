@@ -5,15 +5,18 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/09_data.ipynb #cc81ba79
+# %% ../../nbs/09_data.ipynb #59ccd3cb
 import importlib
+
+# `simulate` is both a submodule and its main function: bind the function eagerly, so that
+# `from fusionbook.data import simulate` always gives the function, whatever was imported before.
+from .simulate import simulate as simulate
 
 _LAZY = {
     "MapInWild": "mapinwild",
     "BigEarthNetMM": "bigearthnet",
     "SEN12GUM": "sen12gum",
     "SpaceNet7S1S2": "spacenet7",
-    "simulate": "simulate",
     "cached_simulation": "simulate",
     "SceneKnobs": "scene",
     "simulate_scene": "scene",
