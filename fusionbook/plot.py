@@ -16,7 +16,8 @@ from matplotlib.patches import Patch
 from .modality import WORLDCOVER_LEGEND
 
 # %% auto #0
-__all__ = ['WORLDCOVER_COLORS', 'stretch', 'worldcover_cmap', 'category_legend', 'show_modality', 'show_sample', 'show_samples']
+__all__ = ['WORLDCOVER_COLORS', 'stretch', 'scale_optical', 'worldcover_cmap', 'category_legend', 'show_modality', 'show_sample',
+           'show_samples']
 
 # %% ../nbs/19_plot.ipynb #3d34c9d7
 WORLDCOVER_COLORS: dict[int, tuple[str, str]] = WORLDCOVER_LEGEND
@@ -40,10 +41,25 @@ def stretch(img, low: float = 2, high: float = 98) -> np.ndarray:
     return np.nan_to_num(out).transpose(1, 2, 0)
 
 
+def scale_optical(img, rgb: Sequence[int] = (2, 1, 0), vmin: float = 0.0, vmax: float = 0.3,
+                  gamma: float = 1.0) -> np.ndarray:
+    """Bands ``rgb`` of ``(C, H, W)`` reflectance → ``(H, W, 3)`` in [0, 1] with one linear range for all three
+    bands, ``clip((x − vmin) / (vmax − vmin), 0, 1) ** gamma`` (NaN → 0)."""
+    if not vmax > vmin:
+        raise ValueError(f"optical range needs vmax > vmin, got vmin={vmin}, vmax={vmax}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    a = _np(img)
+    if a.ndim != 3 or max(rgb) >= a.shape[0]:
+        raise ValueError(f"optical image must be (C, H, W) with bands {tuple(rgb)}, got shape {a.shape}")
+    img = (np.nan_to_num(a[list(rgb)].astype("float64")) - vmin) / (vmax - vmin)
+    return np.clip(img, 0, 1).transpose(1, 2, 0) ** gamma
+
+
 def worldcover_cmap() -> tuple[ListedColormap, BoundaryNorm]:
-    "Colormap and norm that map WorldCover codes to their official colours."
+    "Colormap and norm that map WorldCover codes to their official colours (0, no data, is drawn black)."
     codes = sorted(WORLDCOVER_COLORS)
-    cmap = ListedColormap([WORLDCOVER_COLORS[c][1] for c in codes])
+    cmap = ListedColormap([WORLDCOVER_COLORS[c][1] for c in codes]).with_extremes(under="#000000")
     bounds = [c - 0.5 for c in codes] + [codes[-1] + 0.5]
     return cmap, BoundaryNorm(bounds, cmap.N)
 
@@ -57,18 +73,15 @@ def category_legend(ax: plt.Axes, colors: Mapping[str, str], title: str | None =
 
 # %% ../nbs/19_plot.ipynb #8406d6b0
 def show_modality(ax: plt.Axes, data, kind: str, title: str = "", *, rgb: Sequence[int] = (2, 1, 0),
-                  vmin: float | None = None, vmax: float | None = None, legend: bool = False) -> plt.Axes:
+                  vmin: float | None = None, vmax: float | None = None, legend: bool = False,
+                  gamma: float = 1.0) -> plt.Axes:
     "Draw ``data`` ((C,H,W) or (H,W)) on ``ax`` as ``kind``."
     a = _np(data)
     if kind == "optical":
         if vmax is None:
-            ax.imshow(stretch(a[list(rgb)]))
+            ax.imshow(stretch(a[list(rgb)]) ** gamma)
         else:
-            lo = 0.0 if vmin is None else vmin
-            if not vmax > lo:
-                raise ValueError(f"optical range needs vmax > vmin, got vmin={lo}, vmax={vmax}")
-            img = (np.nan_to_num(a[list(rgb)].astype("float64")) - lo) / (vmax - lo)
-            ax.imshow(np.clip(img, 0, 1).transpose(1, 2, 0))
+            ax.imshow(scale_optical(a, rgb, 0.0 if vmin is None else vmin, vmax, gamma))
     elif kind == "sar":
         a = a[0] if a.ndim == 3 else a
         ax.imshow(a, cmap="gray", vmin=-25 if vmin is None else vmin, vmax=0 if vmax is None else vmax)

@@ -352,3 +352,29 @@ def test_simulator_arguments(tmp_path):
         simulate_bigearthnet(tmp_path, n=2, splits=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="version"):
         simulate_bigearthnet(tmp_path, n=2, version="v3")
+
+
+# -- files per modality ----------------------------------------------------------------------------------
+def test_modality_files_one_per_band_in_band_order(example):
+    ds = BigEarthNetMM(example, split=None, exclude=())
+    for i in range(len(ds)):
+        s, files = ds[i], ds.modality_files(i)
+        assert list(files) == ["s1", "s2"]
+        assert [f.name for f in files["s2"]] == [f"{s['s2_name']}_{b}.tif" for b in BEN_S2]
+        assert [f.name for f in files["s1"]] == [f"{s['s1_name']}_{b}.tif" for b in ("VV", "VH")]
+        assert all(f.is_file() for fs in files.values() for f in fs)
+        for k, f in enumerate(files["s2"]):  # the sample's channel k is the k-th file, resampled
+            np.testing.assert_array_equal(s["s2"][k].numpy(), _band(f, out_shape=(120, 120)))
+    assert list(BigEarthNetMM(example, None, exclude=(), modalities=("s2",)).modality_files(0)) == ["s2"]
+
+
+def test_modality_files_v2_and_lmdb_error(tmp_path):
+    root = simulate_bigearthnet(tmp_path / "v2", n=2, version="v2")
+    v2 = BigEarthNetMM(root, None, version="v2", exclude=())
+    f = v2.modality_files(1)
+    assert [p.name for p in f["s2"]] == [f"{v2.records[1].s2_name}_{b}.tif" for b in BEN_S2]
+    assert f["s1"][0].parent.parent.parent.name == "BigEarthNet-S1"
+    encode_lmdb(root)
+    lm = BigEarthNetMM(root, None, version="lmdb", exclude=())
+    with pytest.raises(DatasetError, match="LMDB encoding .* no per-modality files"):
+        lm.modality_files(0)

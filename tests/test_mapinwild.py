@@ -22,7 +22,9 @@ from fusionbook.data.mapinwild import (
     denormalize,
     detect_layout,
     normalize,
+    plot_sample,
     simulate_mapinwild,
+    true_color,
 )
 from fusionbook.modality import MAPINWILD, Stack
 
@@ -396,3 +398,42 @@ def test_plot(root: Path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- files and plots
+def test_modality_files_keys_and_paths(root: Path):
+    ds = MapInWild(root, "train", crop=None)
+    files = ds.modality_files(1)
+    assert list(files) == ["s2", "s1", "worldcover", "viirs", "mask"]
+    assert {k: [p.relative_to(root).as_posix() for p in v] for k, v in files.items()} == {
+        "s2": ["s2_summer/12.tif"], "s1": ["S1/12.tif"], "worldcover": ["ESA_WC/12.tif"],
+        "viirs": ["VIIRS/12.tif"], "mask": ["mask/12.tif"]}
+    nat = MapInWild(root, "test", modalities=("s1",), target="naturalness")
+    assert nat.modality_files(0) == {"s1": [root / "S1" / "14.tif"], "target": [root / "NI" / "14.tif"]}
+    assert MapInWild(root, "train", target=None).modality_files(0).keys() == {"s2", "s1", "worldcover", "viirs"}
+    (root / "VIIRS" / "11.tif").unlink()
+    with pytest.raises(MissingFileError, match="viirs"):
+        MapInWild(root, "train").modality_files(0)
+
+
+def test_true_color_and_plot_through_fusionbook_plot(root: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = MapInWild(root, "train", crop=None, normalize=False)[0]
+    rgb = true_color(raw["s2"], normalized=False)
+    b4, b3, b2 = (_arrays(11)["s2"][k, 0, 0] / 10000 for k in (2, 1, 0))
+    np.testing.assert_allclose(rgb[0, 0], np.clip(np.array([b4, b3, b2]) / 0.25, 0, 1) ** (1 / 1.3), rtol=1e-5)
+    assert rgb.dtype == np.float32 and rgb.shape == (SIZE, SIZE, 3)
+    norm = MapInWild(root, "train", crop=None)
+    fig_n, fig_r = norm.plot(norm[0], size=2.0), MapInWild(root, "train", crop=None, normalize=False).plot(raw)
+    for a, b in zip(fig_n.axes, fig_r.axes):  # the same picture from normalised and raw values
+        np.testing.assert_allclose(np.asarray(a.images[0].get_array(), float), np.asarray(b.images[0].get_array(),
+                                   float), atol=1e-4)
+    assert fig_n.get_size_inches()[1] == pytest.approx(2.0)
+    assert plot_sample({"s1": raw["s1"]}, normalized=False, titles=False).axes[0].get_title() == ""
+    with pytest.raises(DatasetError, match="none of the MapInWild keys"):
+        plot_sample({"id": 1})
+    plt.close("all")

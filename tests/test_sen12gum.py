@@ -266,3 +266,16 @@ def test_simulated_sites_and_knobs(tmp_path: Path):
 def test_unit_scale_db():
     db = np.array([-40.0, -25.0, -10.0, 5.0, 12.0], np.float32)
     assert np.allclose(unit_scale_db(db), [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_modality_files(minimal: Path):
+    ds = SEN12GUM(minimal, "train", only_labeled=False)
+    assert [sorted(ds.modality_files(i)) for i in range(len(ds))] == [["mask", "s1", "s2"]] * 2 + [["s1", "s2"]] + \
+        [["mask", "s1", "s2"]]  # the unlabelled dallas patch has no mask file
+    f = ds.modality_files(0)
+    assert f == {"s1": [modality_path(minimal, "dallas", "sentinel1", patch_id(0, 0))],
+                 "s2": [modality_path(minimal, "dallas", "sentinel2", patch_id(0, 0))],
+                 "mask": [modality_path(minimal, "dallas", "buildings", patch_id(0, 0))]}
+    assert list(SEN12GUM(minimal, "train", modalities=("s2",)).modality_files(0)) == ["s2", "mask"]
+    test = SEN12GUM(minimal, "test").modality_files(1)
+    assert test["s1"][0].name == "sentinel1_L15-0434E-1218N_1736_3318_13.tif"

@@ -327,3 +327,11 @@ def test_simulate_argument_errors(tmp_path: Path):
         simulate_spacenet7(tmp_path / "x", n=2, aois=[TRAIN_AOIS[0]])
     with pytest.raises(ValueError, match="valid knobs"):
         simulate_spacenet7(tmp_path / "x", knobs={"cloudiness": 1})
+
+
+def test_modality_files(minimal: Path):
+    ds = SpaceNet7S1S2(minimal, "train", crop_size=None)
+    f0, f1 = ds.modality_files(0), ds.modality_files(1)
+    assert f0 == {"s1": [sentinel1_path(minimal, AOI, 2018, 1)], "s2": [sentinel2_path(minimal, AOI, 2018, 1)],
+                  "mask": [label_path(minimal, AOI, 2018, 1)]}
+    assert f1["s2"] == [] and f1["s1"] == [sentinel1_path(minimal, AOI, 2018, 2)]  # no optical image that month

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/09_data.ipynb #59ccd3cb
+# %% ../../nbs/09_data.ipynb #2e891419
 import importlib
 
 # `simulate` is both a submodule and its main function: bind the function eagerly, so that
@@ -21,6 +21,7 @@ _LAZY = {
     "SceneKnobs": "scene",
     "simulate_scene": "scene",
     "compute_band_stats": "stats",
+    "modality_file_groups": "stats",
     "DatasetError": "io",
     "MissingFileError": "io",
 }

@@ -38,7 +38,7 @@ from fusionbook.data.io import (
     require_file,
     write_geotiff,
 )
-from ..modality import BEN_S2, BIGEARTHNET, S1_BANDS
+from ..modality import BEN_S2, BIGEARTHNET, S1_BANDS, DatasetModalities
 
 if TYPE_CHECKING:
     from fusionbook.data.scene import SceneKnobs
@@ -364,6 +364,8 @@ class BigEarthNetMM(Dataset):
     A sample is ``{"s1": (2,120,120) dB VV/VH, "s2": (12,120,120) reflectance×1e4, "label": (C,),
     "s2_name", "s1_name", "cloud", "snow"}`` (tensors float32)."""
 
+    modality_spec: DatasetModalities = BIGEARTHNET  # band names of every modality (fusionbook.modality)
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -539,6 +541,15 @@ class BigEarthNetMM(Dataset):
             raise DatasetError(f"S2 patch {r.s2_name} has no S1 partner in the index; cannot read 's1'")
         d = self._s1_dir(r)
         return {b: d / f"{r.s1_name}_{b}.tif" for b in S1_BANDS}
+
+    def modality_files(self, index: int) -> dict[str, list[Path]]:
+        "GeoTIFFs of each modality of sample ``index``: one file per band, in band order (`BEN_S2`, `S1_BANDS`)."
+        if self.version == "lmdb":
+            raise DatasetError(f"BigEarthNet LMDB {self._lmdb_path}: the LMDB encoding stores each patch as one "
+                               "safetensors value and has no per-modality files; use the reBEN folder archive "
+                               "(version='v2') it was encoded from")
+        r = self.records[index]
+        return {m: list(self.band_files(r, m).values()) for m in self.modalities}
 
     def _exists(self, r: BenRecord) -> bool:
         if self.version == "lmdb":

@@ -23,8 +23,8 @@ from rasterio.windows import Window
 
 # %% auto #0
 __all__ = ['SIM_CRS', 'DatasetError', 'MissingFileError', 'require_file', 'require_dir', 'RasterInfo', 'raster_info',
-           'read_raster', 'check_aligned', 'random_window', 'center_window', 'atomic_write_bytes', 'atomic_write_json',
-           'grid_transform', 'write_geotiff']
+           'read_raster', 'check_aligned', 'aligned_headers', 'random_window', 'center_window', 'indexed_window',
+           'atomic_write_bytes', 'atomic_write_json', 'grid_transform', 'write_geotiff']
 
 # %% ../../nbs/01_data.io.ipynb #a70fe5bf
 class DatasetError(ValueError):
@@ -145,6 +145,13 @@ def check_aligned(infos: Mapping[str, RasterInfo], *, shape: bool = True, grid: 
             raise DatasetError(f"modality {name!r} ({info.path}) has transform {tuple(info.transform)[:6]} but "
                                f"{ref_name!r} has {tuple(ref.transform)[:6]}; expected the same grid")
 
+
+def aligned_headers(files: Mapping[str, str | os.PathLike], what: str = "raster") -> dict[str, RasterInfo]:
+    "Headers of one sample's files (modality → path), checked with `check_aligned`; errors name ``what`` and the key."
+    infos = {k: raster_info(p, f"{what} {k}") for k, p in files.items()}
+    check_aligned(infos)
+    return infos
+
 # %% ../../nbs/01_data.io.ipynb #9014f9e1
 def random_window(height: int, width: int, size: int | tuple[int, int], rng: np.random.Generator,
                   what: str = "image") -> Window:
@@ -163,6 +170,14 @@ def center_window(height: int, width: int, size: int | tuple[int, int], what: st
     if h > height or w > width:
         raise DatasetError(f"crop size {h}×{w} is larger than {what} ({height}×{width})")
     return Window((width - w) // 2, (height - h) // 2, w, h)
+
+
+def indexed_window(height: int, width: int, size: int | tuple[int, int] | None, seed: int, epoch: int, index: int,
+                   what: str = "image") -> Window | None:
+    "Crop of sample ``index`` from ``default_rng([seed, epoch, index])``; None (whole image) when ``size`` is None."
+    if size is None:
+        return None
+    return random_window(height, width, size, np.random.default_rng([seed, epoch, index]), what=what)
 
 # %% ../../nbs/01_data.io.ipynb #912eedbb
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -28,13 +28,16 @@ from fusionbook.data.io import (
     center_window,
     check_aligned,
     grid_transform,
+    indexed_window,
     random_window,
     raster_info,
     read_raster,
+    require_dir,
+    require_file,
     write_geotiff,
 )
 from .scene import SceneKnobs, simulate_scene
-from ..modality import MAPINWILD, S2_10, WORLDCOVER_LEGEND
+from ..modality import MAPINWILD, S2_10, WORLDCOVER_LEGEND, DatasetModalities
 
 # %% auto #0
 __all__ = ['S2_SCALE', 'S1_MEAN', 'S1_STD', 'VIIRS_MEAN', 'VIIRS_STD', 'WC_OFFSET', 'WC_SCALE', 'NI_SCALE', 'NORMALIZATION',
@@ -131,9 +134,7 @@ def folder_name(name: str, layout: str, season: str = "summer") -> str:
 
 def detect_layout(root: str | os.PathLike) -> str:
     "``'authors'`` (``S1/``, ``tvt_split.csv``) or ``'release'`` (``s1/``, ``*_part1/``, ``split_IDs.csv``)."
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(f"MapInWild root: expected a folder at {root}, found none")
+    root = require_dir(root, "MapInWild root")
     names = {p.name for p in root.iterdir()}
     authors = "S1" in names or any((root / f).is_file() for f in SPLIT_FILES["authors"])
     release = "s1" in names or "split_IDs.csv" in names or any(n.endswith("_part1") for n in names)
@@ -174,9 +175,7 @@ def index_files(dirs: Sequence[Path]) -> dict[int, Path]:
 
 def read_splits(path: str | os.PathLike) -> dict[str, list[int]]:
     "Read a NaN-padded split CSV into ``{split: [wdpa ids]}`` (columns ``train``, ``validation``, ``test``)."
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"MapInWild split file: expected a CSV at {path}, found none")
+    path = require_file(path, "MapInWild split file (CSV)")
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -202,6 +201,8 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
 
 class MapInWild(Dataset):
     """MapInWild AOIs as dicts of ``(C, h, w)`` float32 tensors per modality plus the target, id and crop."""
+
+    modality_spec: DatasetModalities = MAPINWILD  # band names of every modality (fusionbook.modality)
 
     def __init__(
         self,
@@ -308,6 +309,10 @@ class MapInWild(Dataset):
             out[name] = files[wid]
         return out
 
+    def modality_files(self, index: int) -> dict[str, list[Path]]:
+        "GeoTIFF of each modality of sample ``index`` under its sample key (the target as ``mask`` or ``target``)."
+        return {TARGETS[n] if n == self.target else n: [p] for n, p in self.paths(index).items()}
+
     def headers(self, index: int) -> dict[str, RasterInfo]:
         "Check sample ``index``'s files (existence, band counts, alignment) and return their headers."
         infos = {}
@@ -332,9 +337,9 @@ class MapInWild(Dataset):
             return None
         if self.crop == "center":
             return center_window(height, width, int(self.crop_size), what=what)
-        rng = self.rng if self.crop_seeding == "instance" else \
-            np.random.default_rng([self.seed, self.epoch, index])
-        return random_window(height, width, int(self.crop_size), rng, what=what)
+        if self.crop_seeding == "index":
+            return indexed_window(height, width, int(self.crop_size), self.seed, self.epoch, index, what=what)
+        return random_window(height, width, int(self.crop_size), self.rng, what=what)
 
     def _read(self, name: str, path: Path, window: Window | None) -> np.ndarray:
         what = self._what(name)
@@ -382,55 +387,39 @@ WORLDCOVER_COLORS: dict[int, str] = {code: color for code, (_, color) in WORLDCO
 "ESA WorldCover class code → official legend colour (0 = no data is drawn black)."
 
 
-def _stretch(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.nanpercentile(a, (2, 98)) if np.isfinite(a).any() else (0.0, 1.0)
-    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
 def true_color(s2: np.ndarray | torch.Tensor, normalized: bool = True, max_reflectance: float = 0.25) -> np.ndarray:
     "``(10, H, W)`` Sentinel-2 (`S2_10` order) → ``(H, W, 3)`` RGB (B4, B3, B2) in [0, 1], one gain for all bands."
+    from fusionbook.plot import scale_optical
+
     a = s2.detach().cpu().numpy() if isinstance(s2, torch.Tensor) else np.asarray(s2)
-    refl = a[[S2_10.index(b) for b in ("B4", "B3", "B2")]].astype(np.float32) / (1.0 if normalized else S2_SCALE)
-    return np.clip(np.moveaxis(refl, 0, -1) / max_reflectance, 0, 1) ** (1 / 1.3)
+    refl = a.astype(np.float32) / (1.0 if normalized else S2_SCALE)
+    return scale_optical(refl, _RGB, 0.0, max_reflectance, gamma=1 / 1.3).astype(np.float32)
+
+
+_RGB = tuple(S2_10.index(b) for b in ("B4", "B3", "B2"))
+_PANELS = (("s2", "optical", "Sentinel-2 (B4, B3, B2)"), ("s1", "sar", "Sentinel-1 VV (dB)"),
+           ("worldcover", "landcover", "ESA WorldCover"), ("viirs", "lights", "VIIRS night lights (log)"),
+           ("mask", "mask", "Protected area (mask)"), ("target", "continuous", "Naturalness index"))
 
 
 def plot_sample(sample: Mapping[str, Any], normalized: bool = True, titles: bool = True, size: float = 3.0):
-    "One panel per modality and target of a MapInWild sample; returns the matplotlib figure."
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import BoundaryNorm, ListedColormap
+    "One panel per modality and target of a MapInWild sample (drawn by `fusionbook.plot`); returns the figure."
+    from fusionbook.plot import show_sample
 
-    def arr(k):
+    def physical(k):  # back to reflectance, dB, class codes and radiance
         v = sample[k]
-        return (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.float32)
+        v = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(np.float32)
+        if k == "s2":
+            return v / (1.0 if normalized else S2_SCALE)
+        if k in ("s1", "worldcover", "viirs") and normalized:
+            v = denormalize(v, k)
+        return np.rint(v) if k == "worldcover" else v
 
-    panels = []
-    if "s2" in sample:
-        panels.append(("Sentinel-2 (B4, B3, B2)", true_color(arr("s2"), normalized), {}))
-    if "s1" in sample:
-        panels.append(("Sentinel-1 VV", _stretch(arr("s1")[0]), {"cmap": "gray"}))
-    if "worldcover" in sample:
-        wc = arr("worldcover")
-        wc = denormalize(wc, "worldcover")[0] if normalized else wc[0]
-        codes = sorted(WORLDCOVER_COLORS)
-        cmap = ListedColormap(["#000000"] + [WORLDCOVER_COLORS[c] for c in codes])
-        norm = BoundaryNorm([-0.5, 5] + [c + 2.5 for c in codes], cmap.N)
-        panels.append(("ESA WorldCover", np.rint(wc), {"cmap": cmap, "norm": norm, "interpolation": "nearest"}))
-    if "viirs" in sample:
-        v = denormalize(arr("viirs"), "viirs")[0] if normalized else arr("viirs")[0]
-        panels.append(("VIIRS night lights (log)", np.log1p(np.clip(v, 0, None)), {"cmap": "magma"}))
-    if "mask" in sample:
-        panels.append(("Protected area (mask)", arr("mask")[0], {"cmap": "Greens", "vmin": 0, "vmax": 1}))
-    if "target" in sample:
-        panels.append(("Naturalness index", arr("target")[0], {"cmap": "viridis"}))
+    panels = [(k, kind, title if titles else "") for k, kind, title in _PANELS if k in sample]
     if not panels:
         raise DatasetError(f"plot_sample: the sample has none of the MapInWild keys; it has {sorted(sample)}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
-    for ax, (title, img, kw) in zip(axes[0], panels):
-        ax.imshow(img, **kw)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if titles:
-            ax.set_title(title, fontsize=9)
+    fig = show_sample({k: physical(k) for k, _, _ in panels}, panels, size=size,
+                      s2={"rgb": _RGB, "vmax": 0.25, "gamma": 1 / 1.3})
     if "id" in sample:
         fig.suptitle(f"WDPA {int(sample['id'])}, crop at {tuple(int(c) for c in sample.get('crop', (0, 0)))}",
                      fontsize=10)

@@ -18,11 +18,10 @@ from torch.utils.data import Dataset
 from fusionbook.data.io import (
     DatasetError,
     MissingFileError,
+    aligned_headers,
     atomic_write_json,
-    check_aligned,
     grid_transform,
-    random_window,
-    raster_info,
+    indexed_window,
     read_raster,
     require_dir,
     require_file,
@@ -30,8 +29,8 @@ from fusionbook.data.io import (
 )
 from .scene import SceneKnobs, simulate_scene
 from .spacenet7 import SPLITS as SPACENET7_SPLITS
-from .spacenet7 import unit_scale_db
-from ..modality import PAPER4_S2_BANDS, S1_BANDS, S2_10, SEN12GUM_MODALITIES
+from .spacenet7 import _sub_seed, unit_scale_db
+from ..modality import PAPER4_S2_BANDS, S1_BANDS, S2_10, SEN12GUM_MODALITIES, DatasetModalities
 
 # %% auto #0
 __all__ = ['TRAIN_SITES', 'VALIDATION_SITES', 'TEST_FOLDER', 'SPLITS', 'PATCH_SIZE', 'S1_FEATURES', 'S2_FEATURES',
@@ -128,6 +127,8 @@ class SEN12GUMSample:
 
 class SEN12GUM(Dataset):
     """SEN12_GUM samples ``{"s1": (2,h,w), "s2": (len(s2_bands),h,w), "mask": (1,h,w), …}``."""
+
+    modality_spec: DatasetModalities = SEN12GUM_MODALITIES  # band names of every modality (fusionbook.modality)
 
     def __init__(
         self,
@@ -250,16 +251,17 @@ class SEN12GUM(Dataset):
             out["buildings"] = modality_path(self.root, s.site, "buildings", s.sample_id)
         return out
 
+    def modality_files(self, index: int) -> dict[str, list[Path]]:
+        "GeoTIFF of each requested modality of sample ``index`` and, if labelled, of its built-up ``mask``."
+        return {"mask" if k == "buildings" else k: [p] for k, p in self.files(index).items()}
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         files = self.files(index)
-        infos = {k: raster_info(p, f"SEN12_GUM {k}") for k, p in files.items()}
-        check_aligned(infos)
+        infos = aligned_headers(files, "SEN12_GUM")
         ref_name, ref = next(iter(infos.items()))
-        window = None
-        if self.crop_size is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            window = random_window(ref.height, ref.width, self.crop_size, rng, what=str(files[ref_name]))
+        window = indexed_window(ref.height, ref.width, self.crop_size, self.seed, self.epoch, index,
+                                what=str(files[ref_name]))
         h, w = (ref.height, ref.width) if window is None else (window.height, window.width)
         sample: dict = {}
         if "s1" in self.modalities:
@@ -288,10 +290,6 @@ class SEN12GUM(Dataset):
                 f"modalities={self.modalities}, s2_bands={self.s2_bands})")
 
 # %% ../../nbs/05_data.sen12gum.ipynb #b41b1efe
-def _sub_seed(seed: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([int(seed), *keys]).generate_state(1)[0])
-
-
 def _knobs(knobs: SceneKnobs | Mapping[str, float] | None, **default) -> SceneKnobs:
     if knobs is None:
         return SceneKnobs(**default)

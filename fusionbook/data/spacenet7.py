@@ -23,18 +23,17 @@ from scipy import ndimage
 from fusionbook.data.io import (
     DatasetError,
     MissingFileError,
+    aligned_headers,
     atomic_write_json,
-    check_aligned,
     grid_transform,
-    random_window,
-    raster_info,
+    indexed_window,
     read_raster,
     require_dir,
     require_file,
     write_geotiff,
 )
 from .scene import SceneKnobs, simulate_scene
-from ..modality import SPACENET7
+from ..modality import SPACENET7, DatasetModalities
 
 # %% auto #0
 __all__ = ['S2_FILE_BANDS', 'PAPER5_S2_ORDER', 'S1_FILE_BANDS', 'METADATA_NAMES', 'AOI_FOLDER', 'TRAIN_AOIS', 'VALIDATION_AOIS',
@@ -241,6 +240,8 @@ class SpaceNet7Sample:
 class SpaceNet7S1S2(Dataset):
     """SpaceNet7-S1S2 urban-mapping samples: ``{"s1": (2,h,w), "s2": (4,h,w), "mask": (1,h,w), …}``."""
 
+    modality_spec: DatasetModalities = SPACENET7  # band names of every modality (fusionbook.modality)
+
     def __init__(
         self,
         root: str | os.PathLike,
@@ -336,16 +337,17 @@ class SpaceNet7S1S2(Dataset):
             out["sentinel2"] = sentinel2_path(self.root, s.aoi_id, s.year, s.month)
         return out
 
+    def modality_files(self, index: int) -> dict[str, list[Path]]:
+        "GeoTIFF of ``s1``, ``s2`` (empty list for a month without an optical image) and ``mask`` of sample ``index``."
+        f = self.files(index)
+        return {"s1": [f["sentinel1"]], "s2": [f["sentinel2"]] if "sentinel2" in f else [], "mask": [f["label"]]}
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         files = self.files(index)
-        infos = {k: raster_info(p, f"SpaceNet7-S1S2 {k}") for k, p in files.items()}
-        check_aligned(infos)
-        ref = infos["label"]
-        window = None
-        if self.crop_size is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            window = random_window(ref.height, ref.width, self.crop_size, rng, what=str(files["label"]))
+        ref = aligned_headers(files, "SpaceNet7-S1S2")["label"]
+        window = indexed_window(ref.height, ref.width, self.crop_size, self.seed, self.epoch, index,
+                                what=str(files["label"]))
         s1 = read_raster(files["sentinel1"], what="SpaceNet7-S1S2 Sentinel-1 (VV, VH)", count=len(S1_FILE_BANDS),
                          window=window)
         label = read_raster(files["label"], what="SpaceNet7-S1S2 building label", count=1, window=window, dtype=None)

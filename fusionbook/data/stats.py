@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -17,7 +18,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor and the rasterio ba
 from .io import DatasetError, raster_info, require_file
 
 # %% auto #0
-__all__ = ['compute_band_stats']
+__all__ = ['modality_file_groups', 'compute_band_stats']
 
 # %% ../../nbs/08_data.stats.ipynb #d6e43e1c
 def _partial_moments(path: Path, nodata: float | None, chunks: int) -> tuple:
@@ -46,16 +47,9 @@ def _merge(a: tuple, b: tuple) -> tuple:
     return n, mean, m2
 
 # %% ../../nbs/08_data.stats.ipynb #8c217efc
-def compute_band_stats(
-    files: Iterable[str | os.PathLike],
-    *,
-    band_names: Sequence[str] | None = None,
-    nodata: float | None = None,
-    chunks: int = 1024,
-    ddof: int = 0,
-) -> pd.DataFrame:
-    """Per-band mean/std over all valid pixels of ``files`` (one modality) → DataFrame[band, count, mean, std]."""
-    files = [require_file(f, "band statistics input") for f in files]
+def _file_stats(files: list[Path], band_names: Sequence[str] | None, nodata: float | None, chunks: int,
+                ddof: int) -> pd.DataFrame:
+    "Statistics of one group of files with the same band count → DataFrame[band, count, mean, std]."
     if not files:
         raise DatasetError("compute_band_stats: no files given (empty split or wrong glob?)")
     counts = {f: raster_info(f).count for f in files}
@@ -75,3 +69,68 @@ def compute_band_stats(
         std = np.sqrt(m2 / np.where(n - ddof > 0, n - ddof, np.nan))
     names = list(band_names) if band_names is not None else [f"band{i + 1}" for i in range(c)]
     return pd.DataFrame({"band": names, "count": n.astype("int64"), "mean": mean, "std": std})
+
+
+def modality_file_groups(dataset: Any, modality: str, indices: Iterable[int] | None = None) -> list[list[Path]]:
+    """Files of ``modality`` over the samples of ``dataset`` (a loader with ``modality_files``), grouped by position:
+    group k holds the k-th file of every sample (one group for one multi-band file per sample)."""
+    groups: list[list[Path]] | None = None
+    for i in range(len(dataset)) if indices is None else indices:
+        files = dataset.modality_files(i)
+        if modality not in files:
+            raise DatasetError(f"compute_band_stats: {type(dataset).__name__} sample {i} has no modality "
+                               f"{modality!r}; it has {sorted(files)}")
+        paths = [Path(f) for f in files[modality]]
+        if not paths:
+            continue  # the sample lacks this modality (e.g. a month without an optical image)
+        if groups is None:
+            groups = [[] for _ in paths]
+        if len(paths) != len(groups):
+            raise DatasetError(f"compute_band_stats: sample {i} stores {modality!r} in {len(paths)} file(s), "
+                               f"earlier samples in {len(groups)}; expected the same layout")
+        for g, p in zip(groups, paths):
+            g.append(p)
+    if groups is None:
+        raise DatasetError(f"compute_band_stats: no {modality!r} file in the {len(dataset)} sample(s) of "
+                           f"{type(dataset).__name__} (empty split?)")
+    return [list(dict.fromkeys(g)) for g in groups]  # a file listed by several samples counts once
+
+
+def _dataset_band_names(dataset: Any, modality: str) -> tuple[str, ...]:
+    spec = getattr(dataset, "modality_spec", None)
+    if spec is not None and modality in spec.modalities:
+        return spec[modality].bands
+    return (modality,)  # a single-band target such as "mask"
+
+
+def compute_band_stats(
+    files: Iterable[str | os.PathLike] | Any,
+    modality: str | None = None,
+    *,
+    band_names: Sequence[str] | None = None,
+    nodata: float | None = None,
+    chunks: int = 1024,
+    ddof: int = 0,
+    indices: Iterable[int] | None = None,
+) -> pd.DataFrame:
+    """Per-band mean/std over all valid pixels → DataFrame[band, count, mean, std].
+
+    ``files``: the files of one modality, or a loader (with ``modality_files``) together with ``modality``."""
+    if not hasattr(files, "modality_files"):
+        if modality is not None or indices is not None:
+            raise DatasetError("compute_band_stats: modality= and indices= need a loader with modality_files(), "
+                               f"got {type(files).__name__}")
+        return _file_stats([require_file(f, "band statistics input") for f in files], band_names, nodata, chunks,
+                           ddof)
+    if modality is None:
+        raise DatasetError(f"compute_band_stats: pass modality= with the loader {type(files).__name__}")
+    groups = modality_file_groups(files, modality, indices)
+    names = tuple(band_names) if band_names is not None else _dataset_band_names(files, modality)
+    counts = [raster_info(g[0]).count for g in groups]
+    if sum(counts) != len(names):
+        raise DatasetError(f"compute_band_stats: {modality!r} files of {type(files).__name__} hold {sum(counts)} "
+                           f"band(s) ({len(groups)} file(s) per sample) but {len(names)} band names {names}; "
+                           "pass band_names=")
+    starts = np.cumsum([0, *counts])
+    tables = [_file_stats(g, names[a:b], nodata, chunks, ddof) for g, a, b in zip(groups, starts, starts[1:])]
+    return pd.concat(tables, ignore_index=True)
