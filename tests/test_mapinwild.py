@@ -437,3 +437,20 @@ def test_true_color_and_plot_through_fusionbook_plot(root: Path):
     with pytest.raises(DatasetError, match="none of the MapInWild keys"):
         plot_sample({"id": 1})
     plt.close("all")
+
+
+def test_instance_crops_differ_between_dataloader_workers(tmp_path):
+    import torch
+
+    root = simulate_mapinwild(tmp_path / "miw", n=4, seed=0, tile_size=128)
+    ds = MapInWild(root, split=None, modalities=("s1",), target=None, crop_size=32, seed=31)
+    ds.ids = ds.ids[:1] * 8  # the same tile eight times: only the crop position differs
+
+    def crops(seed):
+        g = torch.Generator().manual_seed(seed)
+        loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, generator=g)
+        return [tuple(int(v) for v in b["crop"]) for b in loader]
+
+    first = crops(0)
+    assert len(set(first)) > 4  # the two workers do not repeat each other's crops
+    assert crops(0) == first  # and a seeded loader reproduces them
