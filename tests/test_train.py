@@ -310,3 +310,45 @@ def test_ddp_two_processes_match_one(common, tmp_path):
         np.testing.assert_allclose(ranks[0]["history"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
     for p, q in zip(model.parameters(), ranks[0]["weights"]):
         np.testing.assert_allclose(p.detach().flatten().numpy(), q, rtol=1e-4, atol=1e-6)
+
+
+class _OwnRNGData(DictDataset):
+    """A dataset with its own randomness: a seeded flip transform (torch generator) and a NumPy noise RNG."""
+
+    def __init__(self, *a, **kw):
+        from fusionbook.transforms import RandomFlip
+
+        super().__init__(*a, **kw)
+        self.transforms = RandomFlip(horizontal_p=0.5, vertical_p=0.5, seed=7)
+        self.rng = np.random.default_rng(3)
+
+    def __getitem__(self, i):
+        item = self.transforms(super().__getitem__(i))
+        noise = torch.from_numpy(self.rng.normal(0, 0.3, item["image"].shape).astype("float32"))
+        return {**item, "image": item["image"] + noise}
+
+
+def test_resume_restores_dataset_and_transform_generators(common, tmp_path):
+    def run(ckpt, **kw):
+        torch.manual_seed(0)
+        x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        train = _OwnRNGData(image=x, mask=(x[:, :1] > 0).float())
+        model = common["make_model"](0.0)
+        res = fit(model, common["task"](), train, common["data"](16, 2), epochs=4, batch_size=8, lr=0.02,
+                  progress=False, checkpoint_dir=ckpt, **kw)
+        return model, res
+
+    ref_model, ref = run(None)
+
+    def interrupt(state):
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, callbacks=[interrupt])
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert len(ck["data_rng"]["torch"]) == 1 and len(ck["data_rng"]["numpy"]) == 1
+    model, res = run(tmp_path)
+    assert res.resumed_from_epoch == 2
+    assert _same(res.history, ref.history), (res.history, ref.history)
+    assert _same_weights(model, ref_model)
