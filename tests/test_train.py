@@ -352,3 +352,12 @@ def test_resume_restores_dataset_and_transform_generators(common, tmp_path):
     assert res.resumed_from_epoch == 2
     assert _same(res.history, ref.history), (res.history, ref.history)
     assert _same_weights(model, ref_model)
+
+
+def test_paper5_early_stopping_rule(common):
+    """Spec §7.3: the authors' "patience 10" stops at the 11th consecutive epoch without improvement = patience=11."""
+    model = common["make_model"](0)
+    res = fit(model, common["task"](), common["data"](16, 1), common["data"](8, 2), epochs=30, batch_size=8, lr=1e-12,
+              patience=11, max_steps_per_epoch=1, progress=False, monitor="val_f1", mode="max")
+    assert res.stopped_early and res.best_epoch == 1
+    assert list(res.history["epoch"]) == list(range(1, 13))  # epoch 1 best, then 11 epochs without improvement
