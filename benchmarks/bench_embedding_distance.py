@@ -5,8 +5,11 @@ Compares, on the same batch and model:
 * ``full``  — one full forward pass ``model(x)``;
 * ``ours``  — ``embedding_distance`` for N groups (clean encoder pass + one batched encoder pass over the
   N·B occluded copies, no decoder), and ``ours+out`` which also returns the clean output;
-* ``naive`` — the loop-over-modalities pattern: N+1 full forward passes (clean + one per occluded group),
-  the embedding taken from the encoder of each pass, distances per group.
+* ``naive N`` — the loop-over-modalities pattern of the authors: one full forward pass per occluded group
+  (N passes; the clean embedding is assumed to come from the prediction pass that is run anyway).  This is the
+  baseline of the target: ours ≤ 1 + 0.6·N full-forward equivalents and ≥ 1.8× faster than naive N;
+* ``naive N+1`` — the same loop plus the clean full pass, compared with ``ours+out`` (both give the prediction
+  and the N distances).
 
 Example::
 
@@ -36,6 +39,16 @@ def naive_loop(model, x: torch.Tensor, layout, groups, fill) -> tuple[torch.Tens
         model.decode(f)  # the authors' model returns (prediction, embedding) from every pass
         cols.append(embedding_l2(e0, f[-1]))
     return torch.stack(cols, 1), out
+
+
+def naive_occluded_passes(model, x: torch.Tensor, layout, groups, fill) -> list[torch.Tensor]:
+    """N full forward passes, one per occluded group (the clean pass is not counted)."""
+    outs = []
+    for g in groups:
+        f = model.features(occlude(x, layout.indices(g), fill))
+        model.decode(f)
+        outs.append(f[-1])
+    return outs
 
 
 def timeit(
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                 "ours+out": lambda: embedding_distance(model, x, layout, groups, fill, chunk_size=args.chunk_size,
                                                        return_output=True),
                 "naive": lambda: naive_loop(model, x, layout, groups, fill),
+                "naive_n": lambda: naive_occluded_passes(model, x, layout, groups, fill),
                 "encoder": lambda: model.encode(x),
             },
             args.repeats,
@@ -114,18 +128,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
           f"{args.repeats} repeats (warm-up {args.warmup}); ratios to one full forward, median [min]")
     print(f"time(one full forward)               {med['full'] * 1e3:9.1f} ms [{best['full'] * 1e3:.1f} ms]")
     rows = [("encoder only", "encoder"), (f"ours, N={n}", "ours"), ("ours + clean output", "ours+out"),
-            (f"naive, N+1={n + 1} full passes", "naive")]
+            (f"naive, N={n} full passes", "naive_n"), (f"naive, N+1={n + 1} full passes", "naive")]
     for label, k in rows:
         print(f"time({label}) / full".ljust(37) + f"{med[k] / med['full']:9.3f}   [{best[k] / best['full']:.3f}]")
-    print(f"speed-up naive / ours                {med['naive'] / med['ours']:9.2f}x  "
-          f"[{best['naive'] / best['ours']:.2f}x]")
-    print(f"speed-up naive / (ours + output)     {med['naive'] / med['ours+out']:9.2f}x  "
-          f"[{best['naive'] / best['ours+out']:.2f}x]")
     budget = 1 + 0.6 * n
-    for k, label in (("ours", "ours"), ("ours+out", "ours + output")):
-        r, sp = med[k] / med["full"], med["naive"] / med[k]
-        print(f"target ({label}, median): <= 1 + 0.6*N = {budget:.1f} full: {'PASS' if r <= budget else 'FAIL'} "
-              f"({r:.2f}); >= 1.8x faster than naive: {'PASS' if sp >= 1.8 else 'FAIL'} ({sp:.2f}x)")
+    for k, base, label in (("ours", "naive_n", f"ours vs naive N={n} (the target)"),
+                           ("ours+out", "naive", f"ours + output vs naive N+1={n + 1}")):
+        r, sp, sp_min = med[k] / med["full"], med[base] / med[k], best[base] / best[k]
+        print(f"{label}: {r:.2f} full-forward equivalents (<= {budget:.1f}: {'PASS' if r <= budget else 'FAIL'}), "
+              f"{sp:.2f}x faster [{sp_min:.2f}x] (>= 1.8x: {'PASS' if sp >= 1.8 else 'FAIL'})")
     return {"median": med, "min": best}
 
 if __name__ == "__main__":
