@@ -329,3 +329,10 @@ def test_simulate_missing_writer(tmp_path, monkeypatch):
 def test_no_scene_knobs_means_writer_defaults():
     k, extra = split_knobs({"patch_size": 120})
     assert k is None and extra == {"patch_size": 120}
+
+
+def test_unknown_writer_argument_lists_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="valid scene knobs") as e:
+        simulate("mapinwild", tmp_path / "x", n=1, bogus=1)
+    assert "tile_size" in str(e.value) and "bogus" in str(e.value)
+    assert not (tmp_path / "x").exists()
