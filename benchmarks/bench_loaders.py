@@ -42,6 +42,18 @@ def bench_windowed(tmp: Path, tile: int, crop: int, reads: int, seed: int = 0) -
             "mb": path.stat().st_size / 2**20}
 
 
+def bench_mapinwild_crops(tmp: Path, tile: int, crop: int, reads: int) -> dict[str, float]:
+    "Through the MapInWild loader: a ``crop``² sample vs the whole ``tile``² sample of one simulated tile."
+    from fusionbook.data.mapinwild import MapInWild, simulate_mapinwild
+
+    root = simulate_mapinwild(tmp / "miw1920", n=1, seed=0, tile_size=tile)
+    cropped = MapInWild(root, split=None, target="mask", crop_size=crop)
+    whole = MapInWild(root, split=None, target="mask", crop_size=None, crop=None)
+    full = _timeit(lambda: whole[0], max(3, reads // 5))
+    win = _timeit(lambda: cropped[0], reads)
+    return {"full_s": full, "crop_s": win, "speedup": full / win}
+
+
 def bench_loader(tmp: Path, dataset: str, n: int, samples: int, **kw) -> dict[str, float]:
     "Simulate ``dataset`` and time ``samples`` random sample reads through its loader."
     import fusionbook.data as fd
@@ -75,6 +87,11 @@ def main() -> None:
         print(f"  full read      {r['full_read_s'] * 1e3:8.1f} ms")
         print(f"  {args.crop}² window   {r['window_read_s'] * 1e3:8.1f} ms")
         print(f"  ratio full/windowed = {r['speedup']:.1f}x")
+        r = bench_mapinwild_crops(tmp, args.tile, args.crop, args.reads)
+        print(f"MapInWild loader, one simulated {args.tile}² tile (14 channels + mask)")
+        print(f"  whole-tile sample {r['full_s'] * 1e3:8.1f} ms")
+        print(f"  {args.crop}² crop sample  {r['crop_s'] * 1e3:8.1f} ms")
+        print(f"  ratio whole/crop = {r['speedup']:.1f}x")
         if args.skip_loaders:
             return
         for name, kw in [("mapinwild", {"crop_size": 256}), ("bigearthnet", {}), ("sen12gum", {}),
