@@ -454,3 +454,8 @@ def test_instance_crops_differ_between_dataloader_workers(tmp_path):
     first = crops(0)
     assert len(set(first)) > 4  # the two workers do not repeat each other's crops
     assert crops(0) == first  # and a seeded loader reproduces them
+
+
+def test_small_simulation_fills_every_split(tmp_path):
+    root = simulate_mapinwild(tmp_path / "miw", n=3, seed=0, tile_size=64)
+    assert [len(MapInWild(root, split=s, crop_size=32)) for s in ("train", "validation", "test")] == [1, 1, 1]
