@@ -26,7 +26,8 @@ from fusionbook.attribution import (
     occluded_chunks,
     output_occlusion,
 )
-from fusionbook.modality import MAPINWILD, PAPER1_GROUPS, PAPER2_GROUPS
+from fusionbook.modality import BIGEARTHNET, MAPINWILD, PAPER1_GROUPS, PAPER2_GROUPS
+from fusionbook.models import HafnerUNet, ResNetBranch, UNet
 
 LAYOUT = MAPINWILD.layout()
 GROUPS4 = ["s2", "s1", "worldcover", "viirs"]
@@ -305,6 +306,40 @@ def test_real_unet_embedding_distance():
     assert d.shape == (2, 5) and (d > 0).all()
     assert torch.allclose(d, ref, rtol=1e-4, atol=1e-4)
     assert torch.allclose(y, y_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, build, layout, groups, size",
+    [
+        ("UNet", lambda: UNet(14, 1, base_channels=8), LAYOUT, PAPER2_GROUPS, 32),
+        ("HafnerUNet", lambda: HafnerUNet(14, 1, topology=(16, 32)), LAYOUT, PAPER2_GROUPS, 16),
+        ("ResNetBranch", lambda: ResNetBranch(14, depth=18), BIGEARTHNET.layout(), ["s1", "s2", "all"], 64),
+    ],
+)
+def test_embedding_distance_is_model_agnostic(name, build, layout, groups, size):
+    """Any model with ``encode`` works; the occluded copies never reach a decoder."""
+    torch.manual_seed(0)
+    model = build().eval()
+    decoder_calls = []
+    decoder = [m for n, m in model.named_modules() if n.split(".")[0] in ("up1", "up2", "up3", "up4", "ups", "outc")]
+    assert bool(decoder) == hasattr(model, "decode")  # the U-Nets have a decoder, the ResNet branch has none
+    for m in decoder:
+        m.register_forward_hook(lambda *_: decoder_calls.append(1))
+    if hasattr(model, "decode"):
+        model.decode = lambda feats: decoder_calls.append(1)  # shadows the method on this instance only
+    x = torch.randn(3, 14, size, size)
+    with torch.inference_mode():
+        d = embedding_distance(model, x, layout, groups, "gaussian", generator=gen(1))
+        emb = model.encode(x)
+    assert d.shape == (3, len(groups)) and d.dtype == emb.dtype
+    assert torch.isfinite(d).all() and (d >= 0).all() and (d[:, -1] > 0).all()  # occluding everything moves it
+    assert decoder_calls == []
+    if decoder:  # the hooks are live: the real decoder on the clean features is seen
+        with torch.inference_mode():
+            type(model).decode(model, model.features(x))
+        assert decoder_calls
+    if name == "ResNetBranch":
+        assert emb.shape == (3, 512, size // 32, size // 32)
 
 
 # --- dataset influence --------------------------------------------------------------------------

@@ -181,6 +181,19 @@ def test_hafner_encode_does_not_run_decoder(monkeypatch):
     assert calls == []
 
 
+def test_resnet_encode_is_the_layer4_embedding():
+    torch.manual_seed(0)
+    net = ResNetBranch(3, 18).eval()
+    x = torch.randn(2, 3, 70, 70)  # odd sizes: ⌈70/32⌉ = 3
+    with torch.no_grad():
+        emb = net.encode(x)
+        assert emb.shape == (2, net.out_channels, 3, 3)
+        assert torch.equal(emb, net(x)) and torch.equal(emb, net.features(x)[-1])
+    assert not hasattr(net, "decode")
+    with pytest.raises(ValueError, match="in_channels=3"):
+        net.encode(torch.randn(1, 2, 32, 32))
+
+
 # ---------------------------------------------------------------- gradients
 
 

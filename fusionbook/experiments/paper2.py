@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,9 @@ __all__ = ['FILLS', 'PROFILES', 'PAPER_SPEC', 'MODALITIES', 'LABELS', 'VARIANTS'
            'data_description', 'load_split', 'physical', 'pick_examples', 'sample_weights', 'build_model', 'ni_loss',
            'make_task', 'config_digest', 'results_writer', 'torch_threads', 'VariantRun', 'train_variant', 'run_table1',
            'influence_table', 'occlusion_strategies', 'record_influence', 'relative_deviation', 'rank_agreement',
-           'published_agreement', 'planted_truth', 'planted_summary', 'paper_flops_per_sample', 'estimate_paper_hours']
+           'published_agreement', 'in_words', 'strategy_ranks', 'rank_consistency', 'describe_changes',
+           'describe_consistency', 'planted_truth', 'planted_summary', 'planted_verdict', 'paper_flops_per_sample',
+           'estimate_paper_hours']
 
 # %% ../../nbs/25_experiments.paper2.ipynb #0fecc182
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ PROFILES: dict[str, Paper2Config] = {
     "paper": Paper2Config(),
     "smoke": Paper2Config(
         profile="smoke", base_channels=8, lr=1e-3, batch_size=4, epochs=3, patience=None, crop_size=64,
-        seeds=(0,), num_workers=0, eval_batch_size=16, threads=1, sim_tiles=100, sim_tile_size=128, planted_tiles=100,
+        seeds=(0, 1), num_workers=0, eval_batch_size=16, threads=1, sim_tiles=100, sim_tile_size=128, planted_tiles=100,
         planted_epochs=3,
     ),
 }
@@ -629,6 +632,99 @@ def published_agreement() -> dict[str, float]:
     dev = relative_deviation(published_table1())
     return rank_agreement(dev, {m: PUBLISHED_FIG5[m] for m in MODALITIES})
 
+# %% ../../nbs/25_experiments.paper2.ipynb #ab9f5dd0
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+
+
+def in_words(n: int) -> str:
+    "A count for prose: ``3`` → ``'three'`` (0–12), larger numbers as digits."
+    n = int(n)
+    return _WORDS[n] if 0 <= n < len(_WORDS) else str(n)
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def strategy_ranks(means: pd.DataFrame | Mapping[str, Mapping[str, float]],
+                   groups: Sequence[str] = MODALITIES) -> pd.DataFrame:
+    """Rank of each modality per occluder, 1 = largest mean distance: index ``fill``, columns ``groups``.
+
+    ``means``: a long table with columns ``fill``, ``group``, ``distance`` (repeated rows, e.g. samples or seeds,
+    are averaged; the ``'all'`` group is ignored) or ``{fill: {group: distance}}`` like `PUBLISHED_FIG6`."""
+    if isinstance(means, pd.DataFrame):
+        missing = [c for c in ("fill", "group", "distance") if c not in means.columns]
+        if missing:
+            raise ValueError(f"strategy_ranks: the table lacks column(s) {missing}; it has {list(means.columns)}")
+        wide = means.groupby(["fill", "group"], sort=False)["distance"].mean().unstack("group")
+        wide = wide.reindex(pd.unique(means["fill"]))
+    else:
+        wide = pd.DataFrame.from_dict({f: dict(d) for f, d in means.items()}, orient="index")
+    absent = [g for g in groups if g not in wide.columns]
+    if absent or wide.empty:
+        raise ValueError(f"strategy_ranks: no distances for group(s) {absent or list(groups)}")
+    ranks = wide[list(groups)].rank(axis=1, ascending=False, method="min").astype(int)
+    ranks.index.name, ranks.columns.name = "fill", "group"
+    return ranks
+
+
+def rank_consistency(ranks: pd.DataFrame, reference: str | None = None) -> dict[str, Any]:
+    """Do all occluders rank the modalities alike?  ``ranks``: a `strategy_ranks` table.
+
+    Returns ``{'consistent', 'reference', 'top': {fill: group}, 'order': {fill: [groups, best first]},
+    'changes': {fill: [(a, b), …]}}``, where ``(a, b)`` means *a* ranks above *b* with this fill although *b*
+    ranks above *a* with ``reference`` (default: the first row, the paper's zeros)."""
+    reference = ranks.index[0] if reference is None else reference
+    if reference not in ranks.index:
+        raise ValueError(f"rank_consistency: reference fill {reference!r} not among {list(ranks.index)}")
+    ref = ranks.loc[reference]
+    changes = {}
+    for fill, r in ranks.iterrows():
+        if fill == reference:
+            continue
+        pairs = [(a, b) for a in ranks.columns for b in ranks.columns if r[a] < r[b] and ref[a] > ref[b]]
+        changes[fill] = sorted(pairs, key=lambda p: (r[p[0]], ref[p[1]]))
+    return {"consistent": bool((ranks.nunique(axis=0) == 1).all()), "reference": reference,
+            "top": {f: r.idxmin() for f, r in ranks.iterrows()},
+            "order": {f: list(r.sort_values(kind="stable").index) for f, r in ranks.iterrows()},
+            "changes": {f: c for f, c in changes.items() if c}}
+
+
+def describe_changes(consistency: Mapping[str, Any], labels: Mapping[str, str] = LABELS) -> str:
+    """The rank changes of a `rank_consistency` result in words: one overtaking modality per occluder as
+    ``'with ones, Night Lights overtakes Land Cover'``, more reordering as the whole new order."""
+    parts = []
+    for fill, pairs in consistency["changes"].items():
+        winners = list(dict.fromkeys(a for a, _ in pairs))
+        if len(winners) == 1:
+            losers = [labels.get(b, b) for _, b in pairs]
+            parts.append(f"with {fill}, {labels.get(winners[0], winners[0])} overtakes {_join(losers)}")
+        else:
+            parts.append(f"with {fill}, the order is " + " > ".join(labels.get(g, g)
+                                                                     for g in consistency["order"][fill]))
+    return "; ".join(parts)
+
+
+def describe_consistency(ours: Mapping[str, Any], published: Mapping[str, Any],
+                         labels: Mapping[str, str] = LABELS) -> dict[str, str]:
+    """Sentences on `rank_consistency` results, worded after the outcome: ``{'ours', 'published'}``."""
+    n = len(ours["top"])
+    scope = "both occluders" if n == 2 else f"all {in_words(n)} occluders"
+    if ours["consistent"]:
+        mine = f"In our run the ranking of the modalities is the same for {scope}."
+    else:
+        mine = (f"In our run the ranking of the modalities is not the same for {scope} "
+                f"(relative to {ours['reference']}: {describe_changes(ours, labels)}).")
+    if published["consistent"]:
+        pub = "The published rankings are the same for all occluders" + (
+            ", as ours are." if ours["consistent"] else ", unlike ours.")
+    else:
+        pub = ("The published rankings are not fully consistent " + ("either" if not ours["consistent"] else
+               "although ours are") + f": {describe_changes(published, labels)} "
+               f"(relative to {published['reference']}).")
+    return {"ours": mine, "published": pub}
+
 # %% ../../nbs/25_experiments.paper2.ipynb #3f0c2765
 PLANTED_MODALITIES: tuple[str, ...] = ("s2", "s1", "viirs")
 "Inputs of the planted-truth models (WorldCover is the NI's own source in the simulator and is left out)."
@@ -646,13 +742,16 @@ def planted_truth(cfg: Paper2Config, out_dir: str | os.PathLike, device: str | t
     """Train on each planted setting and score it with every fill; results in ``out_dir/planted/<setting>/``.
 
     Returns ``(distances, summary)``: mean distance per (setting, model ∈ {trained, untrained}, fill, group), and
-    per (setting, model, fill) the top-ranked modality and whether it is the planted one."""
+    per (setting, model, fill) the top-ranked modality and whether it is the planted one.  The provenance of
+    each setting's results file records its ``wall_time_s`` (data, training, scoring) and ``train_time_s``
+    (None when the trained model was read back)."""
     settings = dict(settings or PLANTED)
     dev = resolve_device(device)
     rows = []
     bar = tqdm(settings.items(), desc="planted truth", disable=not progress)
     for name, spec in bar:
         bar.set_postfix(setting=name)
+        t0 = time.perf_counter()
         root = simulated_root(cfg, spec["knobs"], n=cfg.planted_tiles, cache=cache)
         sub = Path(out_dir) / "planted" / name
         w = results_writer(sub, cfg, root, planted=name, planted_knobs=dict(spec["knobs"]))
@@ -671,6 +770,8 @@ def planted_truth(cfg: Paper2Config, out_dir: str | os.PathLike, device: str | t
                 if kind == "trained":
                     w.add(f"Planted truth ({name})", f"{fill}/{group}", "mean embedding distance", float(d),
                           seed=int(seed), config=config_digest(cfg, root))
+        w.update_provenance(wall_time_s=round(time.perf_counter() - t0, 2),
+                            train_time_s=None if run.fit is None else round(run.fit.wall_time_s, 2))
     dist = pd.DataFrame(rows)
     return dist, planted_summary(dist)
 
@@ -688,6 +789,38 @@ def planted_summary(dist: pd.DataFrame) -> pd.DataFrame:
                     "recovered": bool(ranked["group"].iloc[0] == planted),
                     "s2_over_s1": d.get("s2", np.nan) / d.get("s1", np.nan)})
     return pd.DataFrame(out)
+
+# %% ../../nbs/25_experiments.paper2.ipynb #7706d561
+def planted_verdict(summary: pd.DataFrame, fill: str = "zeros") -> dict[str, Any]:
+    """The chapter's verdicts on a `planted_summary`: counts, flags and phrases.
+
+    Keys: ``n_recovered`` / ``n_cases`` (trained models, every fill), ``recovered_settings`` (with ``fill``),
+    ``recovered_text``, ``flips`` and ``flip_text``, ``s2_over_s1`` (``{setting: ratio}`` with ``fill``),
+    ``right_way`` (fills whose ratio is larger in the S2-planted than in the S1-planted setting),
+    ``untrained_recovered`` / ``untrained_cases``."""
+    need = {"setting", "model", "fill", "planted", "top", "recovered", "s2_over_s1"}
+    if not need <= set(summary.columns):
+        raise ValueError(f"planted_verdict needs a planted_summary table with columns {sorted(need)}; "
+                         f"got {list(summary.columns)}")
+    trained, untrained = summary[summary["model"] == "trained"], summary[summary["model"] == "untrained"]
+    at = trained[trained["fill"] == fill].set_index("setting")
+    if at.empty:
+        raise ValueError(f"planted_verdict: no trained rows with fill={fill!r}; fills: {sorted(set(trained['fill']))}")
+    ok = [s for s in at.index if at.loc[s, "recovered"]]
+    if len(ok) == len(at):
+        text = "recovers the planted modality in " + ("both settings" if len(at) == 2 else "every setting")
+    elif not ok:
+        text = "recovers the planted modality in " + ("neither setting" if len(at) == 2 else "no setting")
+    else:
+        text = f"recovers the planted modality only in {_join(ok)}"
+    flips = bool(len(at) > 1 and len(ok) == len(at) and at["top"].nunique() == len(at))
+    ratios = trained.pivot_table(index="fill", columns="planted", values="s2_over_s1", aggfunc="mean")
+    right_way = [str(f) for f in ratios.index if {"s1", "s2"} <= set(ratios.columns)
+                 and ratios.loc[f, "s2"] > ratios.loc[f, "s1"]]
+    return {"n_recovered": int(trained["recovered"].sum()), "n_cases": len(trained), "recovered_settings": ok,
+            "recovered_text": text, "flips": flips, "flip_text": "flips" if flips else "does not flip",
+            "s2_over_s1": {s: float(r) for s, r in at["s2_over_s1"].items()}, "right_way": right_way,
+            "untrained_recovered": int(untrained["recovered"].sum()), "untrained_cases": len(untrained)}
 
 # %% ../../nbs/25_experiments.paper2.ipynb #b90c03e0
 def paper_flops_per_sample(cfg: Paper2Config | None = None, in_channels: int = 14) -> float:
@@ -708,7 +841,11 @@ def estimate_paper_hours(n_train: int = 815, n_val: int = 102, n_test: int = 101
                          load_s_per_sample: float = 0.05, workers: int | None = None,
                          variants: int = 9) -> dict[str, float]:
     """Upper-bound hours for Table I (all ``cfg.epochs`` epochs, every seed): compute at ``gpu_tflops`` sustained
-    and loading at ``load_s_per_sample`` per sample and worker; per epoch the slower of the two counts."""
+    and loading at ``load_s_per_sample`` per sample and worker; per epoch the slower of the two counts.
+
+    The defaults are MapInWild's split sizes.  The result also echoes the assumptions it used (``n_train``,
+    ``n_val``, ``workers``, ``epochs``, ``n_seeds``, ``variants``, ``gpu_tflops``, ``crop_size``), so that a
+    text quoting the estimate can quote them from the same place."""
     cfg = cfg or PROFILES["paper"]
     flops = paper_flops_per_sample(cfg) if flops_per_sample is None else flops_per_sample
     workers = max(1, cfg.num_workers if workers is None else workers)
@@ -717,4 +854,6 @@ def estimate_paper_hours(n_train: int = 815, n_val: int = 102, n_test: int = 101
     per_epoch = max(per_epoch_compute, per_epoch_load)
     hours = per_epoch * cfg.epochs * variants * len(cfg.seeds) / 3600
     return {"flops_per_sample": flops, "epoch_compute_s": per_epoch_compute, "epoch_load_s": per_epoch_load,
-            "epoch_s": per_epoch, "variant_hours": per_epoch * cfg.epochs / 3600, "table1_hours": hours}
+            "epoch_s": per_epoch, "variant_hours": per_epoch * cfg.epochs / 3600, "table1_hours": hours,
+            "n_train": n_train, "n_val": n_val, "workers": workers, "epochs": cfg.epochs, "n_seeds": len(cfg.seeds),
+            "variants": variants, "gpu_tflops": gpu_tflops, "crop_size": cfg.crop_size}

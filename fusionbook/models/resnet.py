@@ -75,7 +75,8 @@ class ResNetBranch(nn.Module):
     """ResNet feature extractor for one modality (no pooling, no classifier).
 
     ``forward``: (B, in_channels, H, W) -> layer4 features (B, out_channels, ⌈H/32⌉, ⌈W/32⌉);
-    (B, 2048, 4, 4) for ResNet50 on 120×120.  ``stem_relu=False``: no ReLU after the stem BN, as in the
+    (B, 2048, 4, 4) for ResNet50 on 120×120.  ``encode`` returns the same features under the name the
+    embedding-distance attribution looks for.  ``stem_relu=False``: no ReLU after the stem BN, as in the
     authors' code of paper 3.
     """
 
@@ -140,6 +141,14 @@ class ResNetBranch(nn.Module):
             feats.append(x)
         return feats
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch's embedding, its layer4 features: (B, in_channels, H, W) -> (B, out_channels, ⌈H/32⌉, ⌈W/32⌉).
+
+        The interface of `fusionbook.attribution.embedding_distance` (shared with the U-Nets' bottleneck
+        ``encode``), so the distances d_m can be computed for a ResNet branch too; a branch has no decoder."""
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer4 features, as `encode`: (B, in_channels, H, W) -> (B, out_channels, ⌈H/32⌉, ⌈W/32⌉)."""
+        return self.encode(x)
