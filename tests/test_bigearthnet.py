@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import hashlib
 import json
 import shutil
 import tarfile
@@ -298,18 +297,11 @@ def test_lmdb_errors(tmp_path):
 
 
 # -- simulated archive -----------------------------------------------------------------------------------
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode() + f.read_bytes())
-    return h.hexdigest()
-
-
-def test_simulated_v1_layout_and_determinism(tmp_path):
+def test_simulated_v1_layout_and_determinism(tree_digest, tmp_path):
     a = simulate_bigearthnet(tmp_path / "a", n=6, seed=3)
     b = simulate_bigearthnet(tmp_path / "b", n=6, seed=3)
     c = simulate_bigearthnet(tmp_path / "c", n=2, seed=4)
-    assert _digest(a) == _digest(b) != _digest(c)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c)
     name = "S2A_MSIL2A_20170613T101031_0_0"
     with rasterio.open(a / "BigEarthNet-v1.0" / name / f"{name}_B01.tif") as src:
         assert src.shape == (20, 20) and src.dtypes[0] == "uint16" and src.res == (60.0, 60.0)

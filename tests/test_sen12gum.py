@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -195,15 +194,6 @@ def test_paper4_bands_default():
     assert PAPER4_S2_BANDS == ("B2", "B3", "B4", "B8")
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 # --- the simulated layout ---------------------------------------------------------------------------------
 
 from fusionbook.data.scene import SceneKnobs  # noqa: E402
@@ -239,12 +229,12 @@ def test_simulated_layout_and_loader(tmp_path: Path):
         assert src.dtypes[0] == "uint8"
 
 
-def test_simulated_is_byte_identical_and_seeded(tmp_path: Path):
+def test_simulated_is_byte_identical_and_seeded(tree_digest, tmp_path: Path):
     kw = dict(n=3, patch_size=32, test_aois=1)
     a = simulate_sen12gum(tmp_path / "a", seed=2, **kw)
     b = simulate_sen12gum(tmp_path / "b", seed=2, **kw)
     c = simulate_sen12gum(tmp_path / "c", seed=3, **kw)
-    assert _digest(a) == _digest(b) != _digest(c)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c)
     with pytest.raises(DatasetError, match="not empty"):
         simulate_sen12gum(a, seed=2, **kw)
 

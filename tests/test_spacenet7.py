@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -228,15 +227,6 @@ def test_collate_with_dataloader(minimal: Path):
     assert batch["s1"].shape == (4, 2, 16, 16) and batch["missing_optical"].tolist() == [False, True, False, False]
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 # --- the simulated layout ---------------------------------------------------------------------------------
 
 from fusionbook.data.scene import SceneKnobs  # noqa: E402
@@ -261,12 +251,12 @@ def test_simulated_default_spreads_over_splits(tmp_path: Path):
                for t in ts)
 
 
-def test_simulated_is_byte_identical_and_seeded(tmp_path: Path):
+def test_simulated_is_byte_identical_and_seeded(tree_digest, tmp_path: Path):
     kw = dict(aois=[TEST_AOIS[2]], size=32, months=5)
     a = simulate_spacenet7(tmp_path / "a", seed=4, **kw)
     b = simulate_spacenet7(tmp_path / "b", seed=4, **kw)
     c = simulate_spacenet7(tmp_path / "c", seed=5, **kw)
-    assert _digest(a) == _digest(b) != _digest(c)
+    assert tree_digest(a) == tree_digest(b) != tree_digest(c)
     with pytest.raises(DatasetError, match="not empty"):
         simulate_spacenet7(a, seed=4, **kw)
 
