@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
-from .modality import Modality
+from .modality import DatasetModalities, Modality, StackLayout, stack
 
 # %% auto #0
-__all__ = ['TARGET_KEYS', 'Transform', 'SHARPNESS_KERNEL', 'derive_seed', 'make_generator', 'worker_generator', 'generators',
-           'seed_worker', 'Compose', 'RandomTransform', 'spatial_keys', 'image_keys', 'RandomFlip', 'RandomRot90',
-           'sharpen', 'gaussian_kernel1d', 'gaussian_blur', 'erase', 'RandomSharpness', 'RandomGaussianBlur',
-           'RandomErasing', 'Normalize', 'SelectBands', 'paper2_augmentations', 'paper45_augmentations']
+__all__ = ['TARGET_KEYS', 'RandomState', 'Transform', 'SHARPNESS_KERNEL', 'derive_seed', 'make_generator', 'worker_generator',
+           'generators', 'seed_worker', 'Compose', 'RandomTransform', 'spatial_keys', 'image_keys', 'RandomFlip',
+           'RandomRot90', 'sharpen', 'gaussian_kernel1d', 'gaussian_blur', 'erase', 'RandomSharpness',
+           'RandomGaussianBlur', 'RandomErasing', 'Normalize', 'SelectBands', 'channel_names', 'batch_channels',
+           'Stack', 'paper2_augmentations', 'paper45_augmentations']
 
 # %% ../nbs/18_transforms.ipynb #3fe5c272
 TARGET_KEYS: tuple[str, ...] = ("mask", "target", "label")
@@ -62,28 +63,35 @@ def worker_generator(generator: torch.Generator | None) -> torch.Generator | Non
     return generator
 
 
-def generators(obj: Any) -> list[torch.Generator]:
-    """The distinct generators of the random transforms reachable from ``obj``.
+RandomState = torch.Generator | np.random.Generator
+"A random generator a transform or dataset owns: torch's or NumPy's."
 
-    Follows `Compose`, random transforms and datasets (``.transforms``, ``.dataset``, ``.datasets``)."""
-    found: dict[int, torch.Generator] = {}
-    seen: set[int] = set()
+
+def generators(obj: Any) -> list[RandomState]:
+    """The distinct generators ``obj`` owns, found structurally: ``obj.generators()``.
+
+    Every transform and dataset that owns a generator exposes it through a method ``generators()`` (`Compose`
+    and the loaders collect their children's); torch's `Subset` and `ConcatDataset` are followed to the datasets
+    they wrap, lists and tuples to their items.  A bare generator is its own list; anything else owns none."""
+    found: dict[int, RandomState] = {}
 
     def visit(o: Any, depth: int) -> None:
-        if o is None or id(o) in seen or depth > 8:
+        if o is None or depth > 16:
             return
-        seen.add(id(o))
-        if isinstance(o, torch.Generator):
+        if isinstance(o, (torch.Generator, np.random.Generator)):
             found.setdefault(id(o), o)
-        elif isinstance(o, Compose):
-            for t in o.transforms:
+            return
+        method = getattr(o, "generators", None)
+        if callable(method):
+            for g in method():
+                visit(g, depth + 1)
+        elif isinstance(o, (list, tuple)):
+            for t in o:
                 visit(t, depth + 1)
-        elif isinstance(o, RandomTransform):
-            visit(o.generator, depth + 1)
-        else:
-            for name in ("transforms", "dataset"):
-                visit(getattr(o, name, None), depth + 1)
-            for d in getattr(o, "datasets", None) or ():
+        elif isinstance(o, torch.utils.data.Subset):
+            visit(o.dataset, depth + 1)
+        elif isinstance(o, torch.utils.data.ConcatDataset):
+            for d in o.datasets:
                 visit(d, depth + 1)
 
     visit(obj, 0)
@@ -101,7 +109,8 @@ def seed_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is not None:
         for g in generators(info.dataset):
-            worker_generator(g)
+            if isinstance(g, torch.Generator):
+                worker_generator(g)
 
 # %% ../nbs/18_transforms.ipynb #a311f1eb
 Transform = Callable[[dict], dict]
@@ -126,6 +135,10 @@ class Compose:
 
     def __len__(self) -> int:
         return len(self.transforms)
+
+    def generators(self) -> list:
+        "The distinct generators of the transforms in the chain (see `generators`)."
+        return generators(self.transforms)
 
     def __getitem__(self, i: int) -> Transform:
         return self.transforms[i]
@@ -171,6 +184,10 @@ class RandomTransform:
             keys = (keys,)
         self.keys = None if keys is None else tuple(keys)
         self.generator = make_generator(generator, seed)
+
+    def generators(self) -> list[torch.Generator]:
+        "The generator this transform draws from (none when it uses the global RNG)."
+        return [] if self.generator is None else [self.generator]
 
     # -- random draws (always from `self.rng`, re-seeded per DataLoader worker) --
     @property
@@ -514,6 +531,69 @@ class SelectBands:
 
     def __repr__(self) -> str:
         return f"SelectBands(key={self.key!r}, indices={self.indices}, out_key={self.out_key!r})"
+
+# %% ../nbs/18_transforms.ipynb #648cba10
+def channel_names(layout: StackLayout) -> tuple[str, ...]:
+    "``'modality:band'`` of every stacked channel of ``layout``, in channel order."
+    return tuple(f"{m}:{b}" for m, b in layout.channels)
+
+
+def batch_channels(value: Any) -> tuple[str, ...]:
+    """Channel names from a `StackLayout`, a sample's ``layout`` tuple, or a collated batch's ``layout``
+    (``default_collate`` gives one sequence per channel holding each sample's name)."""
+    if isinstance(value, StackLayout):
+        return channel_names(value)
+    if isinstance(value, str) or not isinstance(value, Sequence) or not len(value):
+        raise ValueError(f"layout must be a StackLayout or a sequence of channel names, got {value!r}")
+    if all(isinstance(v, str) for v in value):
+        return tuple(value)
+    out = []
+    for k, col in enumerate(value):
+        names = set(col) if not isinstance(col, str) else {col}
+        if len(names) != 1:
+            raise ValueError(f"the samples of the batch disagree on channel {k}: {sorted(names)}; "
+                             "stack every sample in the same order")
+        out.append(names.pop())
+    return tuple(out)
+
+
+class Stack:
+    """Transform: ``sample[key] = cat(sample[m] for m in order)`` ``(ΣC_m, h, w)`` plus ``sample['layout']``.
+
+    ``layout``: a `StackLayout` (e.g. ``dataset.stack_layout(order)``), or a stacking order with the
+    dataset's `DatasetModalities` ``spec``.  ``keep=False`` drops the stacked per-modality tensors."""
+
+    def __init__(self, layout: StackLayout | Sequence[str], spec: DatasetModalities | None = None,
+                 key: str = "image", layout_key: str = "layout", keep: bool = True):
+        if not isinstance(layout, StackLayout):
+            order = (layout,) if isinstance(layout, str) else tuple(layout)
+            if spec is None:
+                raise TypeError(f"Stack({order}): pass the dataset's modality spec (Stack(order, spec)) or a "
+                                "StackLayout, e.g. dataset.stack_layout(order), so the stack knows its channel names")
+            layout = spec.layout(order)
+        self.layout, self.key, self.layout_key, self.keep = layout, key, layout_key, keep
+        self.channels = channel_names(layout)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return self.layout.order
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict:
+        x = stack(sample, self.order)
+        for m in self.layout.modalities:
+            if sample[m.name].shape[0] != len(m.bands):
+                raise ValueError(f"Stack: sample[{m.name!r}] has {sample[m.name].shape[0]} channels but the layout "
+                                 f"names {len(m.bands)} bands {m.bands}")
+        out = dict(sample) if self.keep else {k: v for k, v in sample.items() if k not in self.order}
+        out[self.key] = x
+        out[self.layout_key] = self.channels
+        return out
+
+    def generators(self) -> list:
+        return []
+
+    def __repr__(self) -> str:
+        return f"Stack(order={self.order}, key={self.key!r}, keep={self.keep})"
 
 # %% ../nbs/18_transforms.ipynb #4d2a0e4d
 def paper2_augmentations(seed: int | None = None, keys: Sequence[str] | None = None,

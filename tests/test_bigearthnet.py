@@ -39,7 +39,7 @@ from fusionbook.modality import BEN_S2
 
 PKG = Path(str(resources.files("bigearthnet_common")))
 CONFIGILM = Path(str(resources.files("configilm"))) / "extra" / "mock_data" / "BENv2"
-REBEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "reben_v2_layout"
+REBEN = Path(__file__).resolve().parents[1] / "data" / "reben_v2_layout"
 SNOWY = "S2B_MSIL2A_20180204T94161_57_38"
 WATER = "S2B_MSIL2A_20170924T93020_69_24"  # coniferous/mixed forest, transitional, peatbogs, water bodies
 REBEN_S2 = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
@@ -199,7 +199,7 @@ def test_error_wrong_band_count_and_corrupt_tif(example_copy):
     shutil.copy(b03, b02)
     b03.write_bytes(b03.read_bytes()[:300])
     with pytest.raises(DatasetError, match=f"{name}_B03.tif"):
-        ds[0]
+        BigEarthNetMM(example_copy, split=None, exclude=())[0]  # a new loader: headers are read once per loader
 
 
 def test_error_unknown_split_and_class(example):
@@ -230,6 +230,10 @@ def test_v2_real_folder(tmp_path):
     meta.to_parquet(tmp_path / "metadata.parquet")
     ds = BigEarthNetMM(REBEN, split="train", version="v2", exclude=(), metadata_file=tmp_path / "metadata.parquet")
     assert len(ds) == 1
+    with pytest.raises(DatasetError, match=r"covers \(384000.0, 5341200.0.*expected the same footprint"):
+        ds[0]  # the geometry check sees that these two real patches are not a pair
+    ds = BigEarthNetMM(REBEN, split="train", version="v2", exclude=(), metadata_file=tmp_path / "metadata.parquet",
+                       checks="off")
     s = ds[0]
     s2d = REBEN / "BigEarthNet-S2" / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP" / REBEN_S2
     s1d = REBEN / "BigEarthNet-S1" / "S1A_IW_GRDH_1SDV_20170613T165043" / REBEN_S1
@@ -239,14 +243,14 @@ def test_v2_real_folder(tmp_path):
     np.testing.assert_array_equal(s["s1"][0].numpy(), _band(s1d / f"{REBEN_S1}_VV.tif"))
     np.testing.assert_array_equal(s["s1"][1].numpy(), _band(s1d / f"{REBEN_S1}_VH.tif"))
     assert np.flatnonzero(s["label"].numpy()).tolist() == [2, 4] and s["cloud"] and not s["snow"]
-    assert len(BigEarthNetMM(REBEN, "train", "v2", metadata_file=meta)) == 0  # cloudy: excluded by default
-    everything = BigEarthNetMM(REBEN, None, "v2", exclude=(), metadata_file=meta)
+    assert len(BigEarthNetMM(REBEN, "train", version="v2", metadata_file=meta)) == 0  # cloudy: excluded by default
+    everything = BigEarthNetMM(REBEN, None, version="v2", exclude=(), metadata_file=meta, checks="off")
     with pytest.raises(MissingFileError, match="33UUP_26_57_VV.tif"):
         everything[1]  # only a reference map exists for this patch
-    assert len(BigEarthNetMM(REBEN, None, "v2", exclude=(), metadata_file=meta, on_missing="skip")) == 1
+    assert len(BigEarthNetMM(REBEN, None, version="v2", exclude=(), metadata_file=meta, on_missing="skip")) == 1
     # the same patch encoded as the LMDB release reads identically
     db = encode_lmdb(REBEN, tmp_path / "lmdb", metadata_file=meta.iloc[:1])
-    ref = BigEarthNetMM(tmp_path, None, "lmdb", exclude=(), metadata_file=meta.iloc[:1], lmdb_path=db)[0]
+    ref = BigEarthNetMM(tmp_path, None, version="lmdb", exclude=(), metadata_file=meta.iloc[:1], lmdb_path=db)[0]
     for k in ("s1", "s2", "label"):
         assert torch.equal(ref[k], s[k]), k
 
@@ -277,23 +281,23 @@ def test_lmdb_real_patches_and_flags():
     assert ds.frame()[["cloud", "snow"]].sum().tolist() == [3, 3]
     clean = BigEarthNetMM(CONFIGILM, split=None, version="lmdb")
     assert len(clean) == 18 and not clean.frame()[["cloud", "snow"]].any().any()
-    assert {len(BigEarthNetMM(CONFIGILM, sp, "lmdb")) for sp in ("train", "val", "test")} == {6}
+    assert {len(BigEarthNetMM(CONFIGILM, sp, version="lmdb")) for sp in ("train", "val", "test")} == {6}
 
 
 def test_lmdb_errors(tmp_path):
     with pytest.raises(DatasetError, match="expected columns"):
-        BigEarthNetMM(CONFIGILM, None, "lmdb", metadata_file=pd.DataFrame({"patch_id": ["x"]}))
+        BigEarthNetMM(CONFIGILM, None, version="lmdb", metadata_file=pd.DataFrame({"patch_id": ["x"]}))
     meta = _reben_meta([("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0",
                          "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_0_0", "test", ["Arable land"], False, False)])
-    ds = BigEarthNetMM(CONFIGILM, None, "lmdb", metadata_file=meta)
+    ds = BigEarthNetMM(CONFIGILM, None, version="lmdb", metadata_file=meta)
     with pytest.raises(MissingFileError, match="33UUP_0_0, found none"):
         ds[0]
     bad = meta.assign(labels=[["Non-irrigated arable land"]])
     with pytest.raises(DatasetError, match="expected 19-class names"):
-        BigEarthNetMM(CONFIGILM, None, "lmdb", metadata_file=bad)
+        BigEarthNetMM(CONFIGILM, None, version="lmdb", metadata_file=bad)
     (tmp_path / "metadata.parquet").write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="not a readable parquet"):
-        BigEarthNetMM(tmp_path, None, "v2")
+        BigEarthNetMM(tmp_path, None, version="v2")
 
 
 # -- simulated archive -----------------------------------------------------------------------------------
@@ -327,7 +331,7 @@ def test_simulated_v2_and_lmdb_agree(tmp_path):
     db = simulate_bigearthnet(tmp_path / "db", n=5, seed=1, version="lmdb")
     meta = pd.read_parquet(v2 / "metadata.parquet")
     assert len(meta) == 5 and set(meta["split"]) <= {"train", "validation", "test"}
-    ds, dl = BigEarthNetMM(v2, None, "auto", exclude=()), BigEarthNetMM(db, None, "auto", exclude=())
+    ds, dl = BigEarthNetMM(v2, None, version="auto", exclude=()), BigEarthNetMM(db, None, version="auto", exclude=())
     assert (ds.version, dl.version) == ("v2", "lmdb") and len(ds) == len(dl) == 5
     for i in range(5):
         x, y = ds[i], dl[i]

@@ -29,8 +29,7 @@ from fusionbook.data.mapinwild import (
 from fusionbook.modality import MAPINWILD, Stack
 
 SIZE = 32
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_WC = SHARED / "data/worldcover_saotome_1920px/worldcover_2020_saotome_1920px.tif"
+REAL_WC = Path(__file__).resolve().parents[1] / "data" / "worldcover_saotome_1920px" / "worldcover_2020_saotome_1920px.tif"
 
 
 def _arrays(i: int, size: int = SIZE) -> dict[str, np.ndarray]:
@@ -94,7 +93,7 @@ def test_authors_layout_values_and_order(root: Path):
     assert ds.layout == "authors" and ds.ids == [11, 12] and len(ds) == 2
     s = ds[1]
     exp = _expected(12)
-    assert s["id"] == 12 and s["crop"] == (0, 0)
+    assert s["id"] == "12" and s["crop"] == (0, 0)
     for k in ("s2", "s1", "worldcover", "viirs", "mask"):
         assert s[k].dtype == torch.float32 and s[k].shape == exp[k].shape, k
         np.testing.assert_allclose(s[k].numpy(), exp[k], rtol=1e-5, atol=1e-6, err_msg=k)
@@ -163,13 +162,13 @@ def test_normalisation_constants_exact():
 # ---------------------------------------------------------------------------------------------- crops
 def test_crops_are_windowed_reads(root: Path, monkeypatch):
     calls = []
-    real = mw.read_raster
+    real = mw.read_open
 
-    def spy(path, **kw):
+    def spy(src, path, **kw):
         calls.append((Path(path).parent.name, kw.get("window")))
-        return real(path, **kw)
+        return real(src, path, **kw)
 
-    monkeypatch.setattr(mw, "read_raster", spy)
+    monkeypatch.setattr(mw, "read_open", spy)
     ds = MapInWild(root, "train", crop_size=16, target="naturalness")
     s = ds[0]
     assert len(calls) == 5 and all(isinstance(w, Window) and (w.height, w.width) == (16, 16) for _, w in calls)
@@ -205,10 +204,10 @@ def test_256_and_1024_crops_of_a_1920_tile(tmp_path: Path, monkeypatch):
     write_geotiff(tmp_path / "ESA_WC" / "555556115.tif", wc)
     write_geotiff(tmp_path / "mask" / "555556115.tif", mask)
     windows = []
-    real = mw.read_raster
-    monkeypatch.setattr(mw, "read_raster", lambda p, **kw: windows.append(kw["window"]) or real(p, **kw))
+    real = mw.read_open
+    monkeypatch.setattr(mw, "read_open", lambda src, p, **kw: windows.append(kw["window"]) or real(src, p, **kw))
     for size in (256, 1024):
-        ds = MapInWild(tmp_path, None, ("worldcover",), "mask", crop_size=size, layout="authors", normalize=False)
+        ds = MapInWild(tmp_path, None, ("worldcover",), target="mask", crop_size=size, layout="authors", normalize=False)
         for _ in range(2):
             s = ds[0]
             r, c = s["crop"]
@@ -217,14 +216,14 @@ def test_256_and_1024_crops_of_a_1920_tile(tmp_path: Path, monkeypatch):
             np.testing.assert_array_equal(s["mask"][0].numpy(), mask[r:r + size, c:c + size])
     assert windows and all(w is not None and w.width in (256, 1024) for w in windows)
     with pytest.raises(DatasetError, match=r"crop size 2048×2048 is larger than .*555556115.tif"):
-        MapInWild(tmp_path, None, ("worldcover",), "mask", crop_size=2048, layout="authors")[0]
+        MapInWild(tmp_path, None, ("worldcover",), target="mask", crop_size=2048, layout="authors")[0]
 
 
-@pytest.mark.skipif(not REAL_WC.is_file(), reason="shared real WorldCover sample not available")
+@pytest.mark.skipif(not REAL_WC.is_file(), reason="vendored real WorldCover sample not in this checkout")
 def test_real_worldcover_tile_crops(tmp_path: Path):
     (tmp_path / "ESA_WC").mkdir()
     (tmp_path / "ESA_WC" / "7.tif").symlink_to(REAL_WC)
-    ds = MapInWild(tmp_path, None, ("worldcover",), None, crop_size=1024, layout="authors", normalize=False)
+    ds = MapInWild(tmp_path, None, ("worldcover",), target=None, crop_size=1024, layout="authors", normalize=False)
     s = ds[0]
     r, c = s["crop"]
     full = read_raster(REAL_WC)
@@ -307,7 +306,8 @@ def test_unknown_split_and_bad_arguments(root: Path):
         MapInWild(root, "val")
     for kw, msg in [({"modalities": ("s2", "optical")}, "modalities"), ({"target": "labels"}, "target"),
                     ({"crop": "corner"}, "crop"), ({"crop_size": 0}, "crop_size"), ({"layout": "zenodo"}, "layout"),
-                    ({"nan_policy": "mean"}, "nan_policy")]:
+                    ({"nan_policy": "mean"}, "nonfinite"), ({"nonfinite": "mean"}, "nonfinite"),
+                    ({"checks": "loud"}, "checks"), ({"normalize": "zscore"}, "normalize")]:
         with pytest.raises(DatasetError, match=msg):
             MapInWild(root, **kw)
     with pytest.raises(IndexError):

@@ -1,12 +1,17 @@
-"""Profiles, provenance, results files (atomic, merged, resumable) and the published-vs-reproduced table."""
+"""Profiles, provenance, results files (atomic, merged, keyed by config, safe under concurrent writers), the run lock
+and the published-vs-reproduced table."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import multiprocessing as mp
+import os
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +20,8 @@ import pytest
 
 import fusionbook
 from fusionbook.results import (
+    RESULT_KEY,
+    FolderInUseError,
     ResultsWriter,
     check_profile,
     coerce,
@@ -27,6 +34,7 @@ from fusionbook.results import (
     read_results,
     resolve_profile,
     results_done,
+    run_lock,
     style_compare,
     write_results,
 )
@@ -155,8 +163,10 @@ def test_write_read_roundtrip_and_merge(tmp_path):
     prov1 = {"git_commit": "a" * 40, "profile": "smoke"}
     df = write_results(path, [_row("SAR", 0, 0.4, split="test"), _row("SAR", 1, float("nan"))], prov1)
     assert len(df) == 2 and math.isnan(df["reproduced"].iloc[1])
-    assert list(df.columns[:7]) == ["table", "setting", "metric", "published", "reproduced", "seed", "profile"]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]  # atomic: no temporary file left
+    assert list(df.columns[:8]) == ["table", "setting", "metric", "published", "reproduced", "seed", "profile",
+                                    "config"]
+    # atomic: no temporary file left (only the hidden lock file of the read-merge-write)
+    assert sorted(p.name for p in path.parent.iterdir()) == [".results.json.lock", "results.json"]
     back = read_results(path)
     assert back.attrs["provenance"] == prov1 and back["split"].iloc[0] == "test"
     # merge: same key replaces, other rows are kept, a new provenance goes on top of the history
@@ -244,3 +254,99 @@ def test_compare_table(tmp_path):
         compare_table(pd.DataFrame([_row("SAR", 0, 0.1, published=0.5), _row("SAR", 1, 0.2, published=0.6)]))
     with pytest.raises(ValueError, match="no rows for profile 'full'"):
         compare_table(df, profile="full")
+
+
+def test_rows_of_another_config_are_never_replaced(tmp_path):
+    path = tmp_path / "results.json"
+    assert "config" in RESULT_KEY
+    first = ResultsWriter(path, {"run": 1}, profile="smoke", config="aaaa1111")
+    for seed in (0, 1):
+        first.add("Table I", "S2", "MAE", 0.1 + seed, seed=seed)
+    # a rerun into the same folder with other parameters: the same table/setting/metric/seed, another digest
+    second = ResultsWriter(path, {"run": 2}, profile="smoke", config="bbbb2222")
+    assert not second.done(table="Table I", setting="S2", seed=0) and first.done(table="Table I", seed=0)
+    second.add("Table I", "S2", "MAE", 9.0, seed=0)
+    first.add("Table I", "S2", "MAE", 0.5, seed=1)  # the same experiment replaces its own row
+    df = read_results(path)
+    got = sorted(zip(df["config"], df["seed"], df["reproduced"]))
+    assert got == [("aaaa1111", 0, 0.1), ("aaaa1111", 1, 0.5), ("bbbb2222", 0, 9.0)]
+    with pytest.raises(ValueError, match=r"mix configs \['aaaa1111', 'bbbb2222'\]"):
+        compare_table(df)
+    assert compare_table(df, config="aaaa1111")["n_seeds"].tolist() == [2]
+    with pytest.raises(ValueError, match="no rows for config 'cccc'"):
+        compare_table(df, config="cccc")
+
+
+def _write_rows(path: str, writer: int, n: int, barrier) -> None:
+    w = ResultsWriter(path, {"writer": writer}, profile="smoke", config="c0ffee")
+    barrier.wait()
+    for i in range(n):
+        w.add("Table", f"writer{writer}", "MAE", float(i), seed=i)
+
+
+def test_concurrent_writers_keep_every_row(tmp_path):
+    """Three processes write 40 rows each into one results file at the same time: all 120 rows are kept."""
+    path = tmp_path / "results.json"
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_write_rows, args=(str(path), k, 40, barrier)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    df = read_results(path)
+    assert len(df) == 120
+    assert sorted(zip(df["setting"], df["seed"])) == sorted((f"writer{k}", i) for k in range(3) for i in range(40))
+    assert all(df["reproduced"] == df["seed"].astype(float))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".results.json.lock", "results.json"]  # no temp files
+
+
+def _hold(folder: str, ready, release) -> None:
+    with run_lock(folder):
+        ready.set()
+        release.wait(120)
+
+
+def test_run_lock_refuses_a_second_run(tmp_path):
+    out = tmp_path / "out"
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(out), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(120)
+        busy = f"output folder {out} is in use by another run .process {holder.pid}"
+        with pytest.raises(FolderInUseError, match=busy):
+            with run_lock(out):
+                pass
+    finally:
+        release.set()
+        holder.join(60)
+    assert holder.exitcode == 0
+    with run_lock(out) as held:  # free again once the holder finished
+        assert held == out and json.loads((out / ".fusionbook-run.json").read_text())["pid"] == os.getpid()
+        with run_lock(out):  # re-entrant within one process
+            pass
+    assert not (out / ".fusionbook-run.json").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        with run_lock(tmp_path / "file"):
+            pass
+
+
+def test_run_lock_is_released_when_the_holder_is_killed(tmp_path):
+    code = ("import sys, time\nfrom fusionbook.results import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=str(tmp_path)):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    with run_lock(tmp_path):  # the operating system released the killed holder's lock
+        pass

@@ -41,7 +41,7 @@ def _write_month(root: Path, aoi: str, year: int, month: int, *, s2=True, size=3
     t = grid_transform(res=4.77)
     s1 = np.full((s1_bands, size, size), s1_value, np.float32)
     s1[0, 0, 0] = np.nan
-    s1[1, 0, 1] = 1.7  # clipped to 1
+    s1[1, 0, 1] = 1.0  # values above 1 are refused by the value checks (tests/test_damaged_inputs.py)
     write_geotiff(sentinel1_path(root, aoi, year, month), s1, transform=t)
     if s2:
         v = (np.arange(s2_bands, dtype=np.float32)[:, None, None] + 1) / 10 if s2_value is None else s2_value
@@ -80,7 +80,7 @@ def test_minimal_selection_and_missing_optical(minimal: Path):
     assert ds.missing_optical.tolist() == [False, True, False, False]
     x = ds[0]
     assert x["s1"].shape == (2, 32, 32) and x["s1"].dtype == torch.float32
-    assert x["s1"][0, 0, 0] == 0 and x["s1"][1, 0, 1] == 1  # NaN → 0, clipped to [0, 1]
+    assert x["s1"][0, 0, 0] == 0 and x["s1"][1, 0, 1] == 1  # NaN → 0 (nonfinite='zero' by default)
     assert torch.allclose(x["s2"][:, 5, 5], torch.tensor([0.1, 0.2, 0.3, 0.4]))
     assert x["mask"].shape == (1, 32, 32) and set(x["mask"].unique().tolist()) == {0.0, 1.0}
     assert x["mask"].sum() == 16 * 8 and x["missing_optical"] is False

@@ -1,4 +1,5 @@
-"""Training engine: checkpoints, bit-identical resume (interrupt and kill), determinism, DDP with two processes."""
+"""Training engine: checkpoints, bit-identical resume (interrupt and kill, with the chapters' augmentations), refused
+resumes (corrupt checkpoint, other data, folder in use), determinism, progress output, DDP with two processes."""
 
 from __future__ import annotations
 
@@ -18,13 +19,22 @@ import pytest
 import torch
 
 import fusionbook
+from fusionbook.data.io import DatasetError
+from fusionbook.results import FolderInUseError
 from fusionbook.train import (
+    Batching,
+    CheckpointError,
+    Checkpointing,
     DictDataset,
+    EarlyStopping,
+    Optimization,
+    Schedule,
     Task,
-    atomic_open,
+    data_fingerprint,
     evaluate,
     fit,
     load_checkpoint,
+    save_checkpoint,
     seed_everything,
 )
 
@@ -37,6 +47,7 @@ COMMON = textwrap.dedent('''
     from torch import nn
     from torchmetrics.classification import BinaryF1Score
     from fusionbook.train import DictDataset, Task, fit, seed_everything, with_target
+    from fusionbook import transforms as T
 
 
     class FlipDataset(DictDataset):
@@ -49,11 +60,31 @@ COMMON = textwrap.dedent('''
             return item
 
 
-    def data(n, seed, flip=False):
+    class AugDataset(DictDataset):
+        """A chapter's own seeded augmentation chain (its generator is owned by the transform)."""
+
+        def __init__(self, transforms, **tensors):
+            super().__init__(**tensors)
+            self.transforms = transforms
+
+        def __getitem__(self, i):
+            return self.transforms(super().__getitem__(i))
+
+        def generators(self):
+            return [self.transforms]
+
+
+    AUGS = {"paper2": T.paper2_augmentations, "paper45": T.paper45_augmentations}
+
+
+    def data(n, seed, flip=False, aug=None):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(n, 3, 8, 8, generator=g)
+        mask = (x[:, :1] + 0.5 * x[:, 1:2] > 0).float()
+        if aug is not None:
+            return AugDataset(AUGS[aug](seed=11), image=x, mask=mask)
         cls = FlipDataset if flip else DictDataset
-        return cls(image=x, mask=(x[:, :1] + 0.5 * x[:, 1:2] > 0).float())
+        return cls(image=x, mask=mask)
 
 
     def make_model(dropout=0.2):
@@ -70,10 +101,10 @@ COMMON = textwrap.dedent('''
                     update=lambda m, out, b: m.update(out.sigmoid(), b["mask"].long()))
 
 
-    def run(ckpt=None, *, epochs=5, dropout=0.2, flip=True, n_train=48, **kw):
+    def run(ckpt=None, *, epochs=5, dropout=0.2, flip=True, n_train=48, aug=None, **kw):
         model = make_model(dropout)
         kw = {"batch_size": 8, "lr": 0.02, "progress": False, "monitor": "val_f1", "mode": "max", **kw}
-        res = fit(model, task(), data(n_train, 1, flip), data(24, 2), epochs=epochs, checkpoint_dir=ckpt, **kw)
+        res = fit(model, task(), data(n_train, 1, flip, aug), data(24, 2), epochs=epochs, checkpoint_dir=ckpt, **kw)
         return model, res
 ''')
 
@@ -136,27 +167,29 @@ def test_same_seed_bit_identical_and_best_restored(common, tmp_path):
     assert all(torch.equal(v, last[k]) for k, v in m3.state_dict().items())
 
 
+def _files(folder: Path) -> list[str]:
+    "Names in ``folder`` except the run lock's."
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".fusionbook-run"))
+
+
 def test_checkpoint_contents_weights_only(common, tmp_path):
     _, res = common["run"](tmp_path, epochs=2, **RECIPES["cyclic+weighted"])
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["best.pt", "last.pt"], names  # no temporary files left behind
-    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert _files(tmp_path) == ["best.pt", "last.pt"], _files(tmp_path)  # no temporary files left behind
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)  # plain torch files (the checksum line is ignored)
     for key in ("model", "optimizer", "scheduler", "scaler", "sampler_generator", "rng", "epoch", "best_metric",
-                "best_epoch", "bad_epochs", "history", "config"):
+                "best_epoch", "bad_epochs", "history", "config", "data_fingerprint", "data_rng"):
         assert key in ck, key
+    assert ck["data_fingerprint"] == data_fingerprint(common["data"](48, 1, True))
     assert ck["epoch"] == 2 and len(ck["history"]) == 2 and ck["scheduler"]["last_epoch"] == 12  # 6 batches/epoch
     assert set(ck["rng"]) >= {"python", "numpy", "torch"}
     assert res.wall_time_s > 0 and res.resumed_from_epoch == 0
 
 
-def test_atomic_open_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "x.json"
-    with atomic_open(target, "w") as f:
-        f.write("old")
-    with pytest.raises(RuntimeError), atomic_open(target, "w") as f:
-        f.write("half-written")
-        raise RuntimeError("crash while writing")
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+def test_failed_checkpoint_write_keeps_old_file(tmp_path):
+    target = save_checkpoint({"epoch": 1, "w": torch.ones(3)}, tmp_path / "last.pt")
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        save_checkpoint({"epoch": 2, "bad": lambda: None}, target)
+    assert load_checkpoint(target)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -180,13 +213,16 @@ def test_resume_after_interrupt_is_bit_identical(common, tmp_path, recipe):
     assert res2.resumed_from_epoch == 5 and _same(res2.history, ref.history) and _same_weights(model2, ref_model)
 
 
-def test_resume_after_kill_is_bit_identical(common, tmp_path):
+@pytest.mark.parametrize("aug", [None, "paper2", "paper45"])
+def test_resume_after_kill_is_bit_identical(common, tmp_path, aug):
+    """SIGKILL during training, resume: the same numbers as an uninterrupted run, also with the exact augmentation
+    chains of paper 2 (`paper2_augmentations`) and papers 4/5 (`paper45_augmentations`)."""
     script = tmp_path / "train_killed.py"
     script.write_text(textwrap.dedent(f'''
         import sys, time
         sys.path.insert(0, {str(common["__path__"].parent)!r})
         from common import run
-        run({str(tmp_path / "ckpt")!r}, epochs=8, callbacks=[lambda state: time.sleep(0.4)])
+        run({str(tmp_path / "ckpt")!r}, epochs=8, aug={aug!r}, callbacks=[lambda state: time.sleep(0.4)])
     '''))
     proc = subprocess.Popen([sys.executable, str(script)], env=_env(), stderr=subprocess.PIPE)
     last, epoch, deadline = tmp_path / "ckpt" / "last.pt", 0, time.time() + 120
@@ -203,8 +239,10 @@ def test_resume_after_kill_is_bit_identical(common, tmp_path):
         proc.stderr.close()
     epoch = load_checkpoint(last)["epoch"]  # the file survived the kill intact
     assert 2 <= epoch < 8
-    model, res = common["run"](tmp_path / "ckpt", epochs=8)
-    ref_model, ref = common["run"](None, epochs=8)
+    if aug is not None:
+        assert len(load_checkpoint(last)["data_rng"]["torch"]) == 1  # the chain's generator is checkpointed
+    model, res = common["run"](tmp_path / "ckpt", epochs=8, aug=aug)
+    ref_model, ref = common["run"](None, epochs=8, aug=aug)
     assert res.resumed_from_epoch == epoch
     assert _same(res.history, ref.history) and _same_weights(model, ref_model)
 
@@ -300,7 +338,7 @@ def test_ddp_two_processes_match_one(common, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]  # every process ends with the same synchronised numbers and weights
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best.pt", "last.pt"]
+    assert _files(tmp_path / "ckpt") == ["best.pt", "last.pt"]
     assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["config"]["world_size"] == 2
     # one process with the same global batch (8 = 2 × 4) gives the same run up to float rounding
     model, res = common["run"](None, epochs=3, dropout=0, flip=False, n_train=32, batch_size=8)
@@ -321,6 +359,9 @@ class _OwnRNGData(DictDataset):
         super().__init__(*a, **kw)
         self.transforms = RandomFlip(horizontal_p=0.5, vertical_p=0.5, seed=7)
         self.rng = np.random.default_rng(3)
+
+    def generators(self):
+        return [self.transforms, self.rng]
 
     def __getitem__(self, i):
         item = self.transforms(super().__getitem__(i))
@@ -361,3 +402,173 @@ def test_paper5_early_stopping_rule(common):
               patience=11, max_steps_per_epoch=1, progress=False, monitor="val_f1", mode="max")
     assert res.stopped_early and res.best_epoch == 1
     assert list(res.history["epoch"]) == list(range(1, 13))  # epoch 1 best, then 11 epochs without improvement
+
+
+def test_option_groups_equal_flat_keywords(common):
+    grouped = dict(optim=Optimization("adamw", lr=0.02, weight_decay=0.01, grad_clip=1.0),
+                   schedule=Schedule("cosine_warm_restarts", {"T_0": 2}),
+                   stopping=EarlyStopping("val_f1", "max", patience=3),
+                   batching=Batching(sample_weights=np.linspace(0.2, 1.0, 48), val_batch_size=5))
+    m1, r1 = common["run"](None, epochs=3, **grouped)
+    m2, r2 = common["run"](None, epochs=3, **RECIPES["cosine+shuffle"], lr=0.02, patience=3,
+                           sample_weights=np.linspace(0.2, 1.0, 48), val_batch_size=5)
+    assert _same(r1.history, r2.history) and _same_weights(m1, m2)
+    with pytest.raises(TypeError, match="learning_rate"):
+        common["run"](None, epochs=1, learning_rate=0.1)
+
+
+def test_fit_sets_the_epoch_of_the_data(common, tmp_path):
+    class Epochs(DictDataset):
+        seen: list = []
+
+        def set_epoch(self, epoch):
+            Epochs.seen.append(epoch)
+
+    x = torch.randn(16, 3, 8, 8)
+    train = Epochs(image=x, mask=(x[:, :1] > 0).float())
+    kw = dict(batch_size=8, progress=False, checkpoint=Checkpointing(dir=tmp_path))
+    fit(common["make_model"](0), common["task"](), train, epochs=3, **kw)
+    fit(common["make_model"](0), common["task"](), train, epochs=5, **kw)  # resumed: epochs 3 and 4 only
+    assert Epochs.seen == [0, 1, 2, 3, 4]
+
+
+def test_corrupt_last_checkpoint_is_refused(common, tmp_path):
+    common["run"](tmp_path / "ok", epochs=2)
+    good = (tmp_path / "ok" / "last.pt").read_bytes()
+    positions = np.linspace(0, len(good) - 1, 40).astype(int)  # header, pickle, tensor data, checksum line
+    for pos in positions:
+        bad = bytearray(good)
+        bad[pos] ^= 0x10
+        path = tmp_path / "bad" / "last.pt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError, match=str(path)):
+            load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="corrupt"):  # fit refuses to resume from it
+        common["run"](tmp_path / "bad", epochs=3)
+    (tmp_path / "bad" / "last.pt").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="no fusionbook checksum"):
+        common["run"](tmp_path / "bad", epochs=3)
+
+
+def test_corrupt_best_checkpoint_does_not_block_resume(common, tmp_path):
+    # (a) the best epoch is the last one done: its weights come from last.pt, the resume is exact
+    kw = dict(monitor="train_loss", mode="min", dropout=0)
+    common["run"](tmp_path / "a", epochs=2, **kw)
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["best_epoch"] == 2
+    (tmp_path / "a" / "best.pt").write_bytes(b"garbage")
+    model, res = common["run"](tmp_path / "a", epochs=4, **kw)
+    ref_model, ref = common["run"](None, epochs=4, **kw)
+    assert res.resumed_from_epoch == 2 and _same(res.history, ref.history) and _same_weights(model, ref_model)
+    # (b) the best epoch is older and its weights are lost: exact training, a clear warning, no best checkpoint
+    kw = dict(lr=1e-12, dropout=0)  # nothing improves after epoch 1
+    common["run"](tmp_path / "b", epochs=2, **kw)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["best_epoch"] == 1
+    raw = bytearray((tmp_path / "b" / "best.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / "b" / "best.pt").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning) as caught:
+        model, res = common["run"](tmp_path / "b", epochs=3, **kw)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "best.pt is unusable" in said and "holds the last epoch's weights" in said, said
+    _, ref = common["run"](None, epochs=3, **kw)
+    assert _same(res.history, ref.history) and res.best_epoch == 1 and res.checkpoint is None
+
+
+def test_resume_on_other_data_is_refused(common, tmp_path):
+    common["run"](tmp_path, epochs=2)
+    with pytest.raises(ValueError, match="trained on other data .48 samples.*now .40 samples"):
+        common["run"](tmp_path, epochs=3, n_train=40)
+    other = common["data"](48, 5, True)  # same size, other samples
+    with pytest.raises(ValueError, match="trained on other data"):
+        fit(common["make_model"](0.2), common["task"](), other, common["data"](24, 2), epochs=3, batch_size=8,
+            lr=0.02, progress=False, monitor="val_f1", mode="max", checkpoint_dir=tmp_path)
+    _, res = common["run"](tmp_path, epochs=3)  # the right data still resumes
+    assert res.resumed_from_epoch == 2
+
+
+def test_data_fingerprint_of_files(tmp_path):
+    class Files(torch.utils.data.Dataset):
+        def __init__(self, root):
+            self.root = Path(root)
+
+        def __len__(self):
+            return 2
+
+        def modality_files(self, i):
+            return {"s1": self.root / f"s1_{i}.tif", "s2": [self.root / f"s2_{i}_{b}.tif" for b in range(2)]}
+
+    for root in (tmp_path / "a", tmp_path / "b"):
+        root.mkdir()
+        for i in range(2):
+            for name in (f"s1_{i}.tif", f"s2_{i}_0.tif", f"s2_{i}_1.tif"):
+                (root / name).write_bytes(b"x" * (10 + i))
+    fa, fb = data_fingerprint(Files(tmp_path / "a")), data_fingerprint(Files(tmp_path / "b"))
+    assert fa == fb and fa["kind"] == "files" and fa["n"] == 2  # the folder's location does not matter
+    (tmp_path / "b" / "s2_1_1.tif").write_bytes(b"y" * 99)  # another size
+    assert data_fingerprint(Files(tmp_path / "b"))["digest"] != fa["digest"]
+
+    class OneDatabase(Files):  # like an LMDB archive: no per-sample files
+        def modality_files(self, i):
+            raise DatasetError("one LMDB, no per-modality files")
+
+    class Own(OneDatabase):
+        def fingerprint(self):
+            return {"ids": ["p1", "p2"], "lmdb_bytes": 1234}
+
+    assert data_fingerprint(OneDatabase(tmp_path / "a"))["kind"] == "length"
+    own = data_fingerprint(Own(tmp_path / "a"))
+    assert own["kind"] == "custom" and own != data_fingerprint(OneDatabase(tmp_path / "a"))
+
+
+def test_orphaned_temp_files_are_removed(common, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    for name in (".last.pt.k2j3h4.tmp", ".best.pt.a1b2c3.tmp"):
+        (tmp_path / name).write_bytes(b"half-written by a killed run")
+    common["run"](tmp_path, epochs=1)
+    assert _files(tmp_path) == ["best.pt", "last.pt"]
+
+
+def test_checkpoint_folder_in_use_is_refused(common, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    code = ("import sys, time\nfrom fusionbook.results import run_lock\n"
+            "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ckpt)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=f"checkpoint folder {ckpt} is in use.*process {proc.pid}"):
+            common["run"](ckpt, epochs=1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    _, res = common["run"](ckpt, epochs=1)  # the killed holder left the folder free
+    assert res.last_checkpoint is not None
+
+
+def test_progress_goes_to_the_terminal_under_papermill(tmp_path):
+    import nbformat
+
+    cell = textwrap.dedent('''
+        import torch
+        from torch import nn
+        from fusionbook.train import DictDataset, Task, fit, progress_stream, with_target
+        import sys
+        x = torch.randn(16, 3, 8, 8)
+        data = DictDataset(image=x, mask=(x[:, :1] > 0).float())
+        task = Task(loss=with_target(nn.functional.binary_cross_entropy_with_logits))
+        fit(nn.Conv2d(3, 1, 1), task, data, data, epochs=2, batch_size=8, progress=True)
+        print("stream is __stderr__:", progress_stream() is sys.__stderr__)
+    ''')
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    script = (f"import papermill; papermill.execute_notebook({str(tmp_path / 'in.ipynb')!r}, "
+              f"{str(tmp_path / 'out.ipynb')!r}, kernel_name='python3', progress_bar=False)")
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0].outputs
+    page = "".join(o.get("text", "") for o in outputs)
+    assert "stream is __stderr__: True" in page
+    assert "train_loss=" not in page and "validate" not in page  # no progress bar on the page ...
+    assert "train_loss=" in proc.stderr  # ... it went to the terminal

@@ -328,6 +328,10 @@ class Repeat(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.transforms(self.sample)
 
+    def generators(self) -> list:
+        "Structural generator discovery: the dataset exposes its transforms' generators."
+        return generators(self.transforms)
+
 
 def _epoch(ds, workers: int, seed: int, worker_init_fn=None) -> torch.Tensor:
     loader = DataLoader(ds, batch_size=2, num_workers=workers, worker_init_fn=worker_init_fn,

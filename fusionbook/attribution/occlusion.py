@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
@@ -143,8 +144,11 @@ def occluder_name(fill: Fill) -> str:
     return getattr(occ, "name", getattr(occ, "__name__", type(occ).__name__))
 
 # %% ../../nbs/20_attribution.occlusion.ipynb #184e1b45
-def check_batch(x: torch.Tensor, layout: StackLayout | None = None, name: str = "batch") -> None:
-    "Raise a ``ValueError`` unless ``x`` is a (B, C, H, W) tensor whose C matches ``layout``."
+def check_batch(x: torch.Tensor, layout: StackLayout | None = None, name: str = "batch",
+                channels: Any = None) -> None:
+    """Raise a ``ValueError`` unless ``x`` is a (B, C, H, W) tensor whose C matches ``layout``, and — when the
+    batch says how it was stacked (``channels``: its ``layout`` entry from `fusionbook.transforms.Stack`, a
+    tuple of ``'modality:band'`` names or a `StackLayout`) — unless its channel *names* are ``layout``'s, in order."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a (B, C, H, W) tensor, got {shape}")
@@ -152,6 +156,16 @@ def check_batch(x: torch.Tensor, layout: StackLayout | None = None, name: str = 
         raise ValueError(
             f"{name} has {x.shape[1]} channels but the layout {layout.order} stacks {layout.n_channels}"
         )
+    if layout is not None and channels is not None:
+        from fusionbook.transforms import batch_channels, channel_names
+
+        got, want = batch_channels(channels), channel_names(layout)
+        if got != want:
+            diff = [k for k in range(max(len(got), len(want))) if k >= len(got) or k >= len(want) or got[k] != want[k]]
+            k = diff[0]
+            raise ValueError(f"{name} was stacked as {got[k] if k < len(got) else None!r} at channel {k} but the "
+                             f"layout {layout.order} expects {want[k] if k < len(want) else None!r} "
+                             f"({len(diff)} channel(s) differ); restack the batch in the layout's order")
 
 
 def channel_index(channels: Sequence[int] | torch.Tensor, n_channels: int) -> torch.Tensor:
@@ -324,13 +338,15 @@ def embedding_distance(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     return_output: bool = False,
+    channels: Any = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Paper 2's influence values d_m = ‖E(x) − E(x_m^occ)‖₂, E = ``model.encode``: (B, C, H, W) -> (B, N).
 
     Column n belongs to ``groups[n]``.  Occluded copies run only the encoder, batched as (N·B) samples
     (``chunk_size`` samples per pass at most).  ``return_output=True`` also returns the clean model output
-    ``(d, model(x))``, decoding the clean encoder features once when the model has ``features``/``decode``."""
-    check_batch(batch, layout, "batch")
+    ``(d, model(x))``, decoding the clean encoder features once when the model has ``features``/``decode``.
+    ``channels``: the batch's ``layout`` entry (channel names), checked against ``layout`` (see `check_batch`)."""
+    check_batch(batch, layout, "batch", channels)
     groups = _check_groups(layout, groups)
     encode = _encoder(model)
     _warn_if_training(model, "embedding_distance")
@@ -351,13 +367,13 @@ def embedding_distance(
     return (d, output) if return_output else d
 
 # %% ../../nbs/20_attribution.occlusion.ipynb #c31aef58
-def _split_batch(batch, image_key: str, id_key: str, start: int) -> tuple[torch.Tensor, list]:
-    "(image (B, C, H, W), ids) from a tensor, an ``(image, ...)`` tuple or a dict batch."
-    ids = None
+def _split_batch(batch, image_key: str, id_key: str, start: int) -> tuple[torch.Tensor, list, Any]:
+    "(image (B, C, H, W), ids, channel names or None) from a tensor, an ``(image, ...)`` tuple or a dict batch."
+    ids = channels = None
     if isinstance(batch, Mapping):
         if image_key not in batch:
             raise KeyError(f"batch has no {image_key!r} entry (image_key); it has {sorted(batch)}")
-        x, ids = batch[image_key], batch.get(id_key)
+        x, ids, channels = batch[image_key], batch.get(id_key), batch.get("layout")
     elif isinstance(batch, (tuple, list)):
         x = batch[0]
     else:
@@ -372,7 +388,7 @@ def _split_batch(batch, image_key: str, id_key: str, start: int) -> tuple[torch.
         ids = list(ids)
     if len(ids) != x.shape[0]:
         raise ValueError(f"batch has {x.shape[0]} images but {len(ids)} ids under {id_key!r}")
-    return x, ids
+    return x, ids, channels
 
 
 def dataset_influence(
@@ -397,9 +413,9 @@ def dataset_influence(
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc=f"influence ({occluder_name(fill)})", disable=not progress):
-                x, ids = _split_batch(batch, image_key, id_key, len(rows))
+                x, ids, channels = _split_batch(batch, image_key, id_key, len(rows))
                 d = embedding_distance(model, x.to(device), layout, groups, fill,
-                                       generator=generator, chunk_size=chunk_size)
+                                       generator=generator, chunk_size=chunk_size, channels=channels)
                 rows += [[i, *v] for i, v in zip(ids, d.cpu().tolist())]
     finally:
         model.train(was_training)
@@ -443,9 +459,12 @@ def output_occlusion(
     *,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    channels: Any = None,
 ) -> torch.Tensor:
-    """Occlusion attribution on the output, reduce(f(x) − f(x_m^occ)) per sample: (B, C, H, W) -> (B, N)."""
-    check_batch(batch, layout, "batch")
+    """Occlusion attribution on the output, reduce(f(x) − f(x_m^occ)) per sample: (B, C, H, W) -> (B, N).
+
+    ``channels``: the batch's ``layout`` entry, checked against ``layout`` by name (see `check_batch`)."""
+    check_batch(batch, layout, "batch", channels)
     groups = _check_groups(layout, groups)
     _warn_if_training(model, "output_occlusion")
     y0 = model(batch)

@@ -24,7 +24,6 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
-from torch.utils.data import Dataset
 
 from fusionbook.data.io import (
     SIM_CRS,
@@ -33,11 +32,14 @@ from fusionbook.data.io import (
     atomic_write_bytes,
     atomic_write_json,
     grid_transform,
+    read_open,
     read_raster,
+    require_empty_dir,
     require_dir,
     require_file,
     write_geotiff,
 )
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite, report
 from ..modality import BEN_S2, BIGEARTHNET, S1_BANDS, DatasetModalities
 
 if TYPE_CHECKING:
@@ -47,10 +49,10 @@ if TYPE_CHECKING:
 __all__ = ['BEN19_CLASSES', 'BEN43_CLASSES', 'CLC43_CODES', 'BEN43_TO_19', 'CLC_CODE_TO_BEN19', 'PAPER3_ID', 'PAPER3_OOD_TRAIN',
            'PAPER3_OOD_TEST', 'N_PAIRS_V1', 'PATCH_SIZE', 'S2_NATIVE_SIZE', 'BEN_MEAN', 'BEN_STD', 'CLOUD_LIST',
            'SNOW_LIST', 'V1_FOLDERS', 'V2_FOLDERS', 'LMDB_FOLDER', 'V2_METADATA', 'V2_FLAGGED_METADATA', 'SPLITS',
-           'WORLDCOVER_TO_CLC43', 'LABEL_MIN_FRACTION', 'FLAG_MIN_FRACTION', 'label_indices', 'multi_hot',
-           'normalize_modality', 'read_patch_list', 'official_patch_lists', 'patch_lists', 'resample_band',
-           'read_band_files', 'read_label_json', 'read_split_file', 'pair_v1', 'BenRecord', 'open_lmdb',
-           'BigEarthNetMM', 'encode_lmdb', 'simulate_bigearthnet']
+           'VALUE_SPECS', 'GEO_TOLERANCE_M', 'WORLDCOVER_TO_CLC43', 'LABEL_MIN_FRACTION', 'FLAG_MIN_FRACTION',
+           'label_indices', 'multi_hot', 'normalize_modality', 'read_patch_list', 'official_patch_lists', 'patch_lists',
+           'resample_band', 'read_band_files', 'read_label_json', 'read_split_file', 'pair_v1', 'BenRecord',
+           'check_lmdb_file', 'open_lmdb', 'BigEarthNetMM', 'encode_lmdb', 'simulate_bigearthnet']
 
 # %% ../../nbs/04_data.bigearthnet.ipynb #bd3edbf8
 BEN19_CLASSES: tuple[str, ...] = (
@@ -232,10 +234,18 @@ def official_patch_lists() -> dict[str, frozenset[str]]:
 
 
 def patch_lists(root: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
-    "Cloud/snow lists of ``root`` (``patches_with_*.csv`` there, e.g. a simulated archive), else the official ones."
+    """Cloud/snow lists of ``root`` (``patches_with_*.csv`` there, e.g. a simulated archive), else the official ones.
+
+    A simulated archive (with a ``simulation.json``) must carry both of its own lists: the official lists name
+    other patches, and falling back to them would silently keep every simulated cloud or snow patch."""
     if root is not None:
         files = {k: Path(root) / n for k, n in (("cloud", CLOUD_LIST), ("snow", SNOW_LIST))}
-        if any(f.is_file() for f in files.values()):
+        simulated = (Path(root) / "simulation.json").is_file()
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if simulated and missing:
+            raise MissingFileError(f"simulated BigEarthNet archive {root}: expected its own cloud/snow lists, "
+                                   f"missing {missing}; the official lists do not name simulated patches")
+        if len(missing) < len(files):
             return {k: read_patch_list(f) if f.is_file() else frozenset() for k, f in files.items()}
     return official_patch_lists()
 
@@ -338,6 +348,33 @@ class BenRecord:
 
 
 _LMDB_ENVS: dict[tuple[str, int], lmdb.Environment] = {}
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def check_lmdb_file(path: str | os.PathLike) -> Path:
+    """Check ``<path>/data.mdb`` before mapping it: a truncated file would kill the process (SIGBUS) on first read.
+
+    Reads the two meta pages (magic, page size, last page of the newest transaction) and requires the file to hold
+    every page up to the last one; raises `DatasetError` naming the file otherwise."""
+    f = require_file(Path(path) / "data.mdb", "reBEN LMDB data file")
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(160)
+        if len(head) < 160 or int.from_bytes(head[16:20], "little") != _LMDB_MAGIC:
+            raise DatasetError(f"reBEN LMDB: {f} is not an LMDB data file (no LMDB meta page at its start)")
+        psize = int.from_bytes(head[40:44], "little")
+        if psize < 512 or psize & (psize - 1):
+            raise DatasetError(f"reBEN LMDB: {f} has an implausible page size {psize}")
+        fh.seek(psize)
+        meta1 = fh.read(160)
+    metas = [m for m in (head, meta1) if len(m) == 160 and int.from_bytes(m[16:20], "little") == _LMDB_MAGIC]
+    newest = max(metas, key=lambda m: int.from_bytes(m[144:152], "little"))
+    last_pg = int.from_bytes(newest[136:144], "little")
+    need = (last_pg + 1) * psize
+    if size < need:
+        raise DatasetError(f"reBEN LMDB: {f} is truncated: {size} bytes, but its meta page needs {need} "
+                           f"({last_pg + 1} pages of {psize} bytes); re-copy or re-encode the LMDB")
+    return f
 
 
 def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
@@ -345,6 +382,7 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     key = (str(Path(path).resolve()), os.getpid())  # worker processes open their own handle
     if key not in _LMDB_ENVS:
         require_dir(path, "reBEN LMDB")
+        check_lmdb_file(path)
         try:
             _LMDB_ENVS[key] = lmdb.open(key[0], readonly=True, lock=False, readahead=False, meminit=False,
                                         max_readers=512)
@@ -353,46 +391,71 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     return _LMDB_ENVS[key]
 
 
+def _footprint(info) -> tuple[float, float, float, float]:
+    "(left, bottom, right, top) of a raster header in its CRS units."
+    t = info.transform
+    xs = (t.c, t.c + t.a * info.width)
+    ys = (t.f, t.f + t.e * info.height)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
 def _v2_product(name: str, s1: bool) -> str:
     "Product folder of a reBEN patch: the name without the trailing tile/row/col (S1) or row/col (S2)."
     return name.rsplit("_", 3 if s1 else 2)[0]
 
 
-class BigEarthNetMM(Dataset):
+VALUE_SPECS: dict[str, ValueSpec] = {
+    "s1": ValueSpec("Sentinel-1 backscatter in dB", ("float32", "float64"), -100.0, 60.0),
+    "s2": ValueSpec("Sentinel-2 reflectance × 10000", ("uint16",), 0, 65535),
+}
+"What each BigEarthNet band file may hold (checked on every read unless ``checks='off'``)."
+GEO_TOLERANCE_M = 10.0
+"Largest offset (m) accepted between the footprints of the bands of a pair (one 10 m pixel)."
+
+
+class BigEarthNetMM(FusionDataset):
     """BigEarthNet-MM S1/S2 pairs (v1 folders, reBEN folders or reBEN LMDB) as multi-label samples.
 
-    A sample is ``{"s1": (2,120,120) dB VV/VH, "s2": (12,120,120) reflectance×1e4, "label": (C,),
-    "s2_name", "s1_name", "cloud", "snow"}`` (tensors float32)."""
+    A sample is ``{"s1": (2,120,120) dB VV/VH, "s2": (12,120,120) reflectance×1e4, "label": (C,), "id",
+    "s2_name", "s1_name", "cloud", "snow"}`` (tensors float32; ``id`` = the S2 patch name)."""
 
     modality_spec: DatasetModalities = BIGEARTHNET  # band names of every modality (fusionbook.modality)
+    value_specs = VALUE_SPECS
+    plot_panels = (("s2", "optical", "Sentinel-2"), ("s1", "sar", "Sentinel-1 VV (dB)"))
 
     def __init__(
         self,
         root: str | os.PathLike,
         split: str | None = "train",
-        version: str = "v1",
         modalities: Sequence[str] = ("s1", "s2"),
+        transforms: Callable[[dict], dict] | None = None,
+        normalize: Normalization = None,
+        *,
+        version: str = "v1",
         num_classes: int = 19,
         classes: Sequence[int] | None = None,
         exclude: Sequence[str] = ("cloud", "snow"),
-        transforms: Callable[[dict], dict] | None = None,
-        normalize: bool = False,
         resampling: str = "bilinear",
         metadata_file: str | os.PathLike | pd.DataFrame | None = None,
         lmdb_path: str | os.PathLike | None = None,
-        *,
         s2_folder: str | None = None,
         s1_folder: str | None = None,
         on_missing: str = "error",
+        nonfinite: str = "error",
+        checks: str = "error",
     ):
-        self.root = require_dir(root, "BigEarthNet root")
+        root = require_dir(root, "BigEarthNet root")
+        if isinstance(modalities, str) and modalities in ("v1", "v2", "lmdb", "auto"):
+            raise DatasetError(f"modalities={modalities!r} looks like a version: the third argument is `modalities` "
+                               f"now (loader protocol); pass version={modalities!r}")
         if split is not None and split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; expected one of {sorted(SPLITS)} or None")
-        self.split = None if split is None else SPLITS[split]
-        self.modalities = tuple(modalities)
-        bad = [m for m in self.modalities if m not in ("s1", "s2")]
-        if bad or not self.modalities:
+        modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+        bad = [m for m in modalities if m not in ("s1", "s2")]
+        if bad or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of ('s1', 's2'), got {modalities!r}")
+        self._init_protocol(root, None if split is None else SPLITS[split], modalities, transforms, normalize,
+                            nonfinite, checks)
         if num_classes not in (19, 43):
             raise ValueError(f"num_classes must be 19 or 43, got {num_classes!r}")
         self.num_classes = num_classes
@@ -412,7 +475,7 @@ class BigEarthNetMM(Dataset):
         if resampling not in ("bilinear", "cubic", "nearest", "cubic_spline", "lanczos", "average"):
             raise ValueError(f"resampling must be a GDAL resampling name like 'bilinear' or 'cubic', "
                              f"got {resampling!r}")
-        self.resampling, self.normalize, self.transforms = resampling, normalize, transforms
+        self.resampling = resampling
         if on_missing not in ("error", "skip"):
             raise ValueError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
         self.version = self._detect(version, lmdb_path, s2_folder, s1_folder) if version == "auto" else version
@@ -568,7 +631,7 @@ class BigEarthNetMM(Dataset):
                                f"S2 patch {r.s2_name}")
         return tuple(meta["labels"])
 
-    def _read_lmdb(self, key: str, bands: Sequence[str]) -> np.ndarray:
+    def _read_lmdb(self, key: str, bands: Sequence[str], modality: str = "s2") -> np.ndarray:
         with self._lmdb().begin() as txn:
             buf = txn.get(key.encode())
         if buf is None:
@@ -581,15 +644,78 @@ class BigEarthNetMM(Dataset):
         if missing:
             raise DatasetError(f"reBEN LMDB {self._lmdb_path}: patch {key} lacks bands {missing}; "
                                f"expected {list(bands)}, found {sorted(arrays)}")
-        return np.stack([resample_band(arrays[b], PATCH_SIZE, self.resampling) for b in bands])
+        where = f"reBEN LMDB {self._lmdb_path}, patch {key}"
+        for b in bands:
+            side = S2_NATIVE_SIZE[b] if modality == "s2" else PATCH_SIZE
+            if arrays[b].shape != (side, side):
+                report(f"{where}: band {b} is {'×'.join(map(str, arrays[b].shape))}; expected {side}×{side}",
+                       self.checks)
+            VALUE_SPECS[modality].check_dtype(arrays[b].dtype, f"{where}, band {b}", self.checks)
+            VALUE_SPECS[modality].check_values(arrays[b], f"{where}, band {b}", self.checks)
+        out = np.stack([resample_band(arrays[b], PATCH_SIZE, self.resampling) for b in bands])
+        return apply_nonfinite(out, self.nonfinite, where)
 
     # -- samples -------------------------------------------------------------------------------
+    def _band_geometry(self, r: BenRecord, modality: str, files: Mapping[str, Path]) -> dict[str, Any]:
+        "Check every band's shape, CRS and footprint against its native size and the first band; the reference."
+        ref = None
+        for b, f in files.items():
+            what = f"BigEarthNet {modality} band {b} of {r.s2_name if modality == 's2' else r.s1_name}"
+            info = self.handles.info(f, what)
+            if info.count != 1:
+                raise DatasetError(f"{what}: {f} has {info.count} band(s), expected 1")
+            side = S2_NATIVE_SIZE[b] if modality == "s2" else PATCH_SIZE
+            if info.shape != (side, side):
+                report(f"{what}: {f} is {info.height}×{info.width}; expected {side}×{side} (the band's native "
+                       "resolution in a 1.2 km patch)", self.checks)
+            VALUE_SPECS[modality].check_dtype(info.dtype, f"{what}: {f}", self.checks)
+            bounds = _footprint(info)
+            if ref is None:
+                ref = {"crs": info.crs, "bounds": bounds, "path": f}
+                continue
+            if info.crs != ref["crs"]:
+                report(f"{what}: {f} has CRS {info.crs} but {ref['path'].name} has {ref['crs']}; expected one CRS",
+                       self.checks)
+            elif max(abs(a - c) for a, c in zip(bounds, ref["bounds"])) > GEO_TOLERANCE_M:
+                report(f"{what}: {f} covers {tuple(round(v, 1) for v in bounds)} but {ref['path'].name} covers "
+                       f"{tuple(round(v, 1) for v in ref['bounds'])}; expected the same 1.2 km footprint "
+                       f"(±{GEO_TOLERANCE_M:g} m)", self.checks)
+        return ref
+
     def read(self, r: BenRecord, modality: str) -> np.ndarray:
-        "Pixels of ``modality`` of record ``r``: ``(2|12, 120, 120)`` float32 (not normalised)."
+        "Pixels of ``modality`` of record ``r``: ``(2|12, 120, 120)`` float32, checked (not normalised)."
         bands = S1_BANDS if modality == "s1" else BEN_S2
         if self.version == "lmdb":
-            return self._read_lmdb(r.s1_name if modality == "s1" else r.s2_name, bands)
-        return read_band_files(self.band_files(r, modality), PATCH_SIZE, self.resampling)
+            return self._read_lmdb(r.s1_name if modality == "s1" else r.s2_name, bands, modality)
+        files = self.band_files(r, modality)
+        self._band_geometry(r, modality, files)
+        out = np.empty((len(files), PATCH_SIZE, PATCH_SIZE), np.float32)
+        for i, (b, f) in enumerate(files.items()):
+            what = f"BigEarthNet {modality} band {b}"
+            raw = read_open(self.handles.open(f, what), f, what=what, count=1, out_shape=(PATCH_SIZE, PATCH_SIZE),
+                            resampling=self.resampling, dtype=None)
+            VALUE_SPECS[modality].check_values(raw, f"{what}: {f}", self.checks)
+            out[i] = apply_nonfinite(raw.astype(np.float32, copy=False), self.nonfinite, f"{what}: {f}")[0]
+        return out
+
+    def check_pair(self, r: BenRecord) -> None:
+        "Check that the S1 and S2 bands of record ``r`` share CRS and footprint (folder versions)."
+        if self.version == "lmdb" or not r.s1_name or len(self.modalities) < 2:
+            return
+        g1 = self._band_geometry(r, "s1", self.band_files(r, "s1"))
+        g2 = self._band_geometry(r, "s2", self.band_files(r, "s2"))
+        if g1["crs"] != g2["crs"]:
+            report(f"BigEarthNet pair {r.s2_name}: S1 {g1['path']} has CRS {g1['crs']} but S2 {g2['path']} has "
+                   f"{g2['crs']}; expected one CRS", self.checks)
+        elif max(abs(a - c) for a, c in zip(g1["bounds"], g2["bounds"])) > GEO_TOLERANCE_M:
+            report(f"BigEarthNet pair {r.s2_name}: S1 {g1['path']} covers "
+                   f"{tuple(round(v, 1) for v in g1['bounds'])} but S2 {g2['path']} covers "
+                   f"{tuple(round(v, 1) for v in g2['bounds'])}; expected the same footprint "
+                   f"(±{GEO_TOLERANCE_M:g} m)", self.checks)
+
+    def paper_normalize(self, name: str, x: np.ndarray) -> np.ndarray:
+        "Paper 3: (x − mean) / std with the BigEarthNet statistics `BEN_MEAN`, `BEN_STD`."
+        return normalize_modality(torch.from_numpy(x), name).numpy()
 
     def label(self, r: BenRecord) -> np.ndarray:
         "Multi-hot ``(len(classes),)`` of record ``r`` in the (subset) nomenclature."
@@ -601,13 +727,13 @@ class BigEarthNetMM(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         r = self.records[i]
+        self.check_pair(r)
         sample: dict[str, Any] = {}
         for m in self.modalities:
-            x = torch.from_numpy(self.read(r, m))
-            sample[m] = normalize_modality(x, m) if self.normalize else x
-        sample.update(label=torch.from_numpy(self.label(r)), s2_name=r.s2_name, s1_name=r.s1_name,
+            sample[m] = torch.from_numpy(np.ascontiguousarray(self.normalized(m, self.read(r, m))))
+        sample.update(label=torch.from_numpy(self.label(r)), id=r.s2_name, s2_name=r.s2_name, s1_name=r.s1_name,
                       cloud=r.cloud, snow=r.snow)
-        return self.transforms(sample) if self.transforms is not None else sample
+        return self.finish(sample)
 
     def frame(self) -> pd.DataFrame:
         "The index as a table (one row per pair: names, split, cloud, snow)."
@@ -685,7 +811,7 @@ def _split_names(n: int, splits: Sequence[float], rng: np.random.Generator) -> l
 
 def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: int = 0,
                          knobs: SceneKnobs | None = None, *, version: str = "v1",
-                         splits: Sequence[float] = (0.6, 0.2, 0.2)) -> Path:
+                         splits: Sequence[float] = (0.6, 0.2, 0.2), exist_ok: bool = False) -> Path:
     """Write ``n`` (default 60) simulated S1/S2 pairs under ``root`` in the v1, reBEN (``"v2"``) or reBEN
     LMDB (``"lmdb"``) layout; seeded and byte-identical for equal arguments.  Returns ``root``."""
     from fusionbook.data.scene import simulate_scene
@@ -695,7 +821,8 @@ def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: in
     n = 60 if n is None else n
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of pairs, got {n!r}")
-    knobs, root = _ben_knobs(knobs), Path(root)
+    knobs = _ben_knobs(knobs)
+    root = require_empty_dir(root, "simulate_bigearthnet", exist_ok)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBE]))
     split_of = _split_names(n, splits, rng)
     seeds = np.random.SeedSequence([seed, 0xB1]).spawn(n)
@@ -761,6 +888,7 @@ def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: in
             atomic_write_bytes(root / f"{sp}.csv", text.encode())
         for k, fname in (("cloud", CLOUD_LIST), ("snow", SNOW_LIST)):
             atomic_write_bytes(root / fname, "".join(f"{x}\n" for x in lists[k]).encode())
+        _ben_manifest(root, n, seed, knobs, version, rows)
         return root
     meta = pd.DataFrame({
         "patch_id": [r[0] for r in rows], "labels": [r[1] for r in rows],
@@ -774,4 +902,11 @@ def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: in
     atomic_write_bytes(root / V2_METADATA, buf.getvalue())
     if version == "lmdb":
         encode_lmdb(root)
+    _ben_manifest(root, n, seed, knobs, version, rows)
     return root
+
+
+def _ben_manifest(root: Path, n: int, seed: int, knobs: SceneKnobs, version: str, rows: list) -> None:
+    atomic_write_json(root / "simulation.json", {
+        "dataset": "bigearthnet", "generator": "fusionbook.data.bigearthnet.simulate_bigearthnet", "seed": int(seed),
+        "n": int(n), "version": version, "knobs": knobs.to_dict(), "pairs": [r[0] for r in rows]})

@@ -23,8 +23,9 @@ from rasterio.windows import Window
 
 # %% auto #0
 __all__ = ['SIM_CRS', 'DatasetError', 'MissingFileError', 'require_file', 'require_empty_dir', 'require_dir', 'RasterInfo',
-           'raster_info', 'read_raster', 'check_aligned', 'aligned_headers', 'random_window', 'center_window',
-           'indexed_window', 'atomic_write_bytes', 'atomic_write_json', 'grid_transform', 'write_geotiff']
+           'raster_info', 'read_raster', 'read_open', 'check_aligned', 'aligned_headers', 'random_window',
+           'center_window', 'indexed_window', 'atomic_write_bytes', 'atomic_write_json', 'grid_transform',
+           'write_geotiff']
 
 # %% ../../nbs/01_data.io.ipynb #1eaf9445
 class DatasetError(ValueError):
@@ -105,24 +106,42 @@ def read_raster(
     nodata: str = "keep",
 ) -> np.ndarray:
     """Read ``path`` into a ``(C, H, W)`` array; ``bands`` are 1-based band indexes (default: all)."""
+    with _open(path, what) as src:
+        return read_open(src, path, what=what, count=count, bands=bands, window=window, out_shape=out_shape,
+                         resampling=resampling, dtype=dtype, nodata=nodata)
+
+
+def read_open(
+    src: Any,
+    path: str | os.PathLike,
+    *,
+    what: str = "raster",
+    count: int | None = None,
+    bands: Sequence[int] | None = None,
+    window: Window | None = None,
+    out_shape: tuple[int, int] | None = None,
+    resampling: str = "bilinear",
+    dtype: str | None = "float32",
+    nodata: str = "keep",
+) -> np.ndarray:
+    """`read_raster` from an already open rasterio dataset ``src`` of ``path`` (loaders keep handles open)."""
     if nodata not in ("keep", "nan", "error"):
         raise ValueError(f"nodata must be 'keep', 'nan' or 'error', got {nodata!r}")
-    with _open(path, what) as src:
-        if count is not None and src.count != count:
-            raise DatasetError(f"{what}: {path} has {src.count} band(s), expected {count}")
-        idx = list(bands) if bands is not None else list(range(1, src.count + 1))
-        if max(idx) > src.count or min(idx) < 1:
-            raise DatasetError(f"{what}: {path} has {src.count} band(s); cannot read bands {idx}")
-        if window is not None:
-            w = Window(*window) if not isinstance(window, Window) else window
-            if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > src.width or w.row_off + w.height > src.height:
-                raise DatasetError(f"{what}: window {w} lies outside {path} ({src.height}×{src.width})")
-        shape = None if out_shape is None else (len(idx), *out_shape)
-        try:
-            arr = src.read(idx, window=window, out_shape=shape, resampling=getattr(Resampling, resampling))
-        except RasterioIOError as e:
-            raise DatasetError(f"{what}: {path} is truncated or corrupt ({e})") from e
-        nd = src.nodata
+    if count is not None and src.count != count:
+        raise DatasetError(f"{what}: {path} has {src.count} band(s), expected {count}")
+    idx = list(bands) if bands is not None else list(range(1, src.count + 1))
+    if max(idx) > src.count or min(idx) < 1:
+        raise DatasetError(f"{what}: {path} has {src.count} band(s); cannot read bands {idx}")
+    if window is not None:
+        w = Window(*window) if not isinstance(window, Window) else window
+        if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > src.width or w.row_off + w.height > src.height:
+            raise DatasetError(f"{what}: window {w} lies outside {path} ({src.height}×{src.width})")
+    shape = None if out_shape is None else (len(idx), *out_shape)
+    try:
+        arr = src.read(idx, window=window, out_shape=shape, resampling=getattr(Resampling, resampling))
+    except RasterioIOError as e:
+        raise DatasetError(f"{what}: {path} is truncated or corrupt ({e})") from e
+    nd = src.nodata
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     if nodata == "nan" and nd is not None and not np.isnan(nd):

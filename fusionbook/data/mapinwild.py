@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from rasterio.crs import CRS
 from rasterio.windows import Window
-from torch.utils.data import Dataset
 
 from fusionbook.data.io import (
     DatasetError,
@@ -32,19 +31,22 @@ from fusionbook.data.io import (
     indexed_window,
     random_window,
     raster_info,
+    read_open,
     read_raster,
     require_dir,
     require_file,
     write_geotiff,
 )
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite
 from .scene import SceneKnobs, simulate_scene
 from ..modality import MAPINWILD, S2_10, DatasetModalities
 
 # %% auto #0
 __all__ = ['S2_SCALE', 'S1_MEAN', 'S1_STD', 'VIIRS_MEAN', 'VIIRS_STD', 'WC_OFFSET', 'WC_SCALE', 'NI_SCALE', 'NORMALIZATION',
            'SEASONS', 'S2_SEASONS', 'SPLITS', 'LAYOUTS', 'TARGETS', 'FOLDERS', 'BAND_COUNT', 'SPLIT_FILES',
-           'SEASON_KNOBS', 'FIRST_ID', 'normalize', 'denormalize', 'folder_name', 'detect_layout', 'modality_dirs',
-           'index_files', 'read_splits', 'MapInWild', 'true_color', 'plot_sample', 'simulate_mapinwild']
+           'WORLDCOVER_CODES', 'VALUE_SPECS', 'SEASON_KNOBS', 'FIRST_ID', 'normalize', 'denormalize', 'folder_name',
+           'detect_layout', 'modality_dirs', 'index_files', 'read_splits', 'MapInWild', 'true_color', 'plot_sample',
+           'simulate_mapinwild']
 
 # %% ../../nbs/03_data.mapinwild.ipynb #76d42808
 S2_SCALE = 10000.0
@@ -199,36 +201,57 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-class MapInWild(Dataset):
-    """MapInWild AOIs as dicts of ``(C, h, w)`` float32 tensors per modality plus the target, id and crop."""
+WORLDCOVER_CODES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
+"Valid ESA WorldCover values: the eleven classes and 0 (no data)."
+_INT = ("int8", "uint8", "int16", "uint16", "int32", "uint32")
+VALUE_SPECS: dict[str, ValueSpec] = {
+    "s2": ValueSpec("Sentinel-2 reflectance × 10000", ("uint16",), 0, 65535),
+    "s1": ValueSpec("Sentinel-1 backscatter in dB", ("float32", "float64"), -100.0, 60.0),
+    "worldcover": ValueSpec("ESA WorldCover class codes", ("uint8",), codes=WORLDCOVER_CODES),
+    "viirs": ValueSpec("VIIRS avg_rad in nW/cm²/sr", ("float32", "float64"), -10.0, 1e5),
+    "mask": ValueSpec("protected-area mask (integer, non-zero = protected)", _INT),
+    "naturalness": ValueSpec("naturalness index 0 … 100 (NaN = no data)", ("float32", "float64"), 0.0, 100.0,
+                             nan_is_nodata=True),
+}
+"What each MapInWild file may hold (checked on every read unless ``checks='off'``)."
+
+
+class MapInWild(FusionDataset):
+    """MapInWild AOIs as dicts of ``(C, h, w)`` float32 tensors per modality plus the target, ``id`` and crop."""
 
     modality_spec: DatasetModalities = MAPINWILD  # band names of every modality (fusionbook.modality)
+    value_specs = VALUE_SPECS
 
     def __init__(
         self,
         root: str | os.PathLike,
         split: str | None = "train",
         modalities: Sequence[str] = ("s2", "s1", "worldcover", "viirs"),
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        normalize: Normalization = "paper",
+        *,
         target: str | None = "mask",
         season: str = "summer",
         crop_size: int | None = 256,
         crop: str | None = "random",
         seed: int = 31,
-        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        normalize: bool = True,
+        crop_seeding: str = "instance",
         layout: str = "auto",
         split_file: str | os.PathLike | None = None,
-        nan_policy: str = "error",
-        crop_seeding: str = "instance",
+        nonfinite: str = "error",
+        checks: str = "error",
+        nan_policy: str | None = None,
     ):
-        self.root = Path(root)
         if isinstance(modalities, str):
             modalities = (modalities,)
-        self.modalities = tuple(modalities)
-        bad = [m for m in self.modalities if m not in MAPINWILD.modalities]
-        if bad or not self.modalities or len(set(self.modalities)) != len(self.modalities):
+        modalities = tuple(modalities)
+        bad = [m for m in modalities if m not in MAPINWILD.modalities]
+        if bad or not modalities or len(set(modalities)) != len(modalities):
             raise DatasetError(f"modalities must be distinct names from {tuple(MAPINWILD.modalities)}, "
-                               f"got {self.modalities}")
+                               f"got {modalities}")
+        if nan_policy is not None:  # the old name of `nonfinite`
+            nonfinite = nan_policy
+        self._init_protocol(root, split, modalities, transforms, normalize, nonfinite, checks)
         if target is not None and target not in TARGETS:
             raise DatasetError(f"target must be one of {tuple(TARGETS)} or None, got {target!r}")
         if season not in S2_SEASONS:
@@ -237,19 +260,16 @@ class MapInWild(Dataset):
             raise DatasetError(f"crop must be 'random', 'center' or None, got {crop!r}")
         if crop_size is not None and (not isinstance(crop_size, (int, np.integer)) or crop_size < 1):
             raise DatasetError(f"crop_size must be a positive int or None, got {crop_size!r}")
-        if nan_policy not in ("error", "zero", "keep"):
-            raise DatasetError(f"nan_policy must be 'error', 'zero' or 'keep', got {nan_policy!r}")
         if crop_seeding not in ("instance", "index"):
             raise DatasetError(f"crop_seeding must be 'instance' or 'index', got {crop_seeding!r}")
         if layout == "auto":
             layout = self._auto_layout(split_file)
         if layout not in LAYOUTS:
             raise DatasetError(f"layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
-        self.layout, self.split, self.target, self.season = layout, split, target, season
-        self.crop_size, self.crop, self.seed, self.transforms = crop_size, crop, seed, transforms
-        self.normalize, self.nan_policy, self.crop_seeding = normalize, nan_policy, crop_seeding
-        self.epoch = 0
+        self.layout, self.target, self.season = layout, target, season
+        self.crop_size, self.crop, self.seed, self.crop_seeding = crop_size, crop, seed, crop_seeding
         self.rng = np.random.default_rng(seed)
+        self._headers: dict[int, dict[str, RasterInfo]] = {}
 
         names = self.modalities + ((target,) if target is not None else ())
         self.folders = {n: modality_dirs(self.root, n, layout, season) for n in names}
@@ -264,6 +284,11 @@ class MapInWild(Dataset):
                 raise DatasetError(f"unknown split {split!r}; valid splits in {self.split_file}: "
                                    f"{sorted(table)} (or None for every sample found)")
             self.ids = table[split]
+
+    @property
+    def nan_policy(self) -> str:
+        "Old name of `nonfinite`."
+        return self.nonfinite
 
     def _auto_layout(self, split_file) -> str:
         try:
@@ -291,9 +316,8 @@ class MapInWild(Dataset):
                 f"modalities={self.modalities}, target={self.target!r}, season={self.season!r}, "
                 f"crop={self.crop!r}, crop_size={self.crop_size})")
 
-    def set_epoch(self, epoch: int) -> None:
-        "Select the crops of ``epoch`` (used with ``crop_seeding='index'``)."
-        self.epoch = int(epoch)
+    def _own_generators(self) -> list:
+        return [self.rng] if self.crop == "random" and self.crop_seeding == "instance" else []
 
     def _what(self, name: str) -> str:
         return f"MapInWild {name} ({'/'.join(d.name for d in self.folders[name])})"
@@ -314,15 +338,19 @@ class MapInWild(Dataset):
         return {TARGETS[n] if n == self.target else n: [p] for n, p in self.paths(index).items()}
 
     def headers(self, index: int) -> dict[str, RasterInfo]:
-        "Check sample ``index``'s files (existence, band counts, alignment) and return their headers."
+        "Check sample ``index``'s files (existence, band counts, dtypes, alignment) once; return their headers."
+        if index in self._headers:
+            return self._headers[index]
         infos = {}
         for name, path in self.paths(index).items():
-            info = raster_info(path, what=self._what(name))
+            info = self.handles.info(path, what=self._what(name))
             if info.count != BAND_COUNT[name]:
                 raise DatasetError(f"{self._what(name)}: {path} has {info.count} band(s), expected "
                                    f"{BAND_COUNT[name]}")
+            VALUE_SPECS[name].check_dtype(info.dtype, f"{self._what(name)}: {path}", self.checks)
             infos[name] = info
         check_aligned(infos)
+        self._headers[index] = infos
         return infos
 
     def verify(self) -> int:
@@ -355,25 +383,25 @@ class MapInWild(Dataset):
             self._rng_worker = (info.id, info.seed)
         return self.rng
 
+    def paper_normalize(self, name: str, x: np.ndarray) -> np.ndarray:
+        return normalize(x, name)
+
     def _read(self, name: str, path: Path, window: Window | None) -> np.ndarray:
-        what = self._what(name)
+        where = f"{self._what(name)}: {path}"
+        src = self.handles.open(path, self._what(name))
         nodata = "nan" if name == "naturalness" else "keep"
-        arr = read_raster(path, what=what, count=BAND_COUNT[name], window=window, dtype=None, nodata=nodata)
-        arr = _to_float(arr)
+        raw = read_open(src, path, what=self._what(name), count=BAND_COUNT[name], window=window, dtype=None,
+                        nodata=nodata)
+        spec = VALUE_SPECS[name]
+        spec.check_values(raw, where, self.checks, src.nodata if name == "worldcover" else None)
+        arr = _to_float(raw)
         if name == "mask":
             return (arr != 0).astype(np.float32)
         if name == "naturalness":
-            return arr / np.float32(NI_SCALE) if self.normalize else arr
-        if self.normalize:
-            arr = normalize(arr, name)
-        nan = np.isnan(arr)
-        if nan.any():
-            if self.nan_policy == "error":
-                raise DatasetError(f"{what}: {path} has {int(nan.sum())} NaN pixel(s) in the crop; expected none "
-                                   "(pass nan_policy='zero' or 'keep')")
-            if self.nan_policy == "zero":
-                arr[nan] = 0.0
-        return arr
+            arr = apply_nonfinite(arr, self.nonfinite, where, nan_is_nodata=True)
+            return arr / np.float32(NI_SCALE) if self._norm == "paper" else arr
+        arr = self.normalized(name, arr)
+        return apply_nonfinite(arr, self.nonfinite, where)  # after normalisation: 'zero' = the mean/occlusion value
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
@@ -386,15 +414,21 @@ class MapInWild(Dataset):
         for name, info in infos.items():
             arr = torch.from_numpy(np.ascontiguousarray(self._read(name, info.path, win)))
             sample[TARGETS.get(name, name) if name == self.target else name] = arr
-        sample["id"] = self.ids[index]
+        sample["id"] = str(self.ids[index])
         sample["crop"] = (0, 0) if win is None else (int(win.row_off), int(win.col_off))
-        if self.transforms is not None:
-            sample = self.transforms(sample)
-        return sample
+        return self.finish(sample)
 
     def plot(self, sample: Mapping[str, Any], **kw):
-        "Plot a sample of this dataset (see `plot_sample`)."
-        return plot_sample(sample, normalized=self.normalize, **kw)
+        "Plot a sample of this dataset (see `plot_sample`); per-band statistics are undone first."
+        if isinstance(self._norm, dict):
+            sample = dict(sample)
+            for m, (mean, std) in self._norm.items():
+                if m in sample:
+                    v = sample[m]
+                    v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                    sample[m] = (v * std + mean).astype(np.float32)
+            return plot_sample(sample, normalized=False, **kw)
+        return plot_sample(sample, normalized=self._norm == "paper", **kw)
 
 # %% ../../nbs/03_data.mapinwild.ipynb #d75f46bc
 def true_color(s2: np.ndarray | torch.Tensor, normalized: bool = True, max_reflectance: float = 0.25) -> np.ndarray:

@@ -13,30 +13,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from fusionbook.data.io import (
     DatasetError,
     MissingFileError,
-    aligned_headers,
+    check_aligned,
     atomic_write_json,
     require_empty_dir,
     grid_transform,
     indexed_window,
-    read_raster,
+    read_open,
     require_dir,
     require_file,
     write_geotiff,
 )
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite
 from .scene import SceneKnobs, simulate_scene
 from .spacenet7 import SPLITS as SPACENET7_SPLITS
 from .spacenet7 import _sub_seed, unit_scale_db
-from ..modality import PAPER4_S2_BANDS, S1_BANDS, S2_10, SEN12GUM_MODALITIES, DatasetModalities
+from fusionbook.modality import (
+    PAPER4_S2_BANDS,
+    S1_BANDS,
+    S2_10,
+    SEN12GUM_MODALITIES,
+    DatasetModalities,
+    Modality,
+    StackLayout,
+)
 
 # %% auto #0
 __all__ = ['TRAIN_SITES', 'VALIDATION_SITES', 'TEST_FOLDER', 'SPLITS', 'PATCH_SIZE', 'S1_FEATURES', 'S2_FEATURES',
-           'TEST_GROUP_NAMES', 'patch_id', 'modality_path', 'read_samples_json', 'SEN12GUMSample', 'SEN12GUM',
-           'simulate_sen12gum']
+           'TEST_GROUP_NAMES', 'VALUE_SPECS', 'patch_id', 'modality_path', 'read_samples_json', 'SEN12GUMSample',
+           'SEN12GUM', 'simulate_sen12gum']
 
 # %% ../../nbs/05_data.sen12gum.ipynb #4ecd9729
 TRAIN_SITES: tuple[str, ...] = (
@@ -126,24 +134,39 @@ class SEN12GUMSample:
     s2_features: tuple[str, ...] = field(repr=False, default=S2_FEATURES)
 
 
-class SEN12GUM(Dataset):
-    """SEN12_GUM samples ``{"s1": (2,h,w), "s2": (len(s2_bands),h,w), "mask": (1,h,w), …}``."""
+VALUE_SPECS: dict[str, ValueSpec] = {
+    "s1": ValueSpec("unit-scaled Sentinel-1 backscatter (−25 … 5 dB → 0 … 1)", ("float32", "float64"), 0.0, 1.0),
+    "s2": ValueSpec("Sentinel-2 reflectance 0 … 1", ("float32", "float64"), 0.0, 1.0),
+    "mask": ValueSpec("built-up label (> 0 = built-up)", (), 0.0, 255.0),
+}
+"What each SEN12_GUM file may hold (checked on every read unless ``checks='off'``)."
+
+
+class SEN12GUM(FusionDataset):
+    """SEN12_GUM samples ``{"s1": (2,h,w), "s2": (len(s2_bands),h,w), "mask": (1,h,w), "id", …}``."""
 
     modality_spec: DatasetModalities = SEN12GUM_MODALITIES  # band names of every modality (fusionbook.modality)
+    value_specs = VALUE_SPECS
+    plot_panels = (("s2", "optical", "Sentinel-2"), ("s1", "sar", "Sentinel-1 VV (unit-scaled)"),
+                   ("mask", "mask", "built-up"))
 
     def __init__(
         self,
         root: str | os.PathLike,
         split: str | None = "train",
-        sites: Sequence[str] | None = None,
-        s2_bands: Sequence[str] = PAPER4_S2_BANDS,
         modalities: Sequence[str] = ("s1", "s2"),
         transforms: Callable[[dict], dict] | None = None,
+        normalize: Normalization = "paper",
+        *,
+        sites: Sequence[str] | None = None,
+        s2_bands: Sequence[str] = PAPER4_S2_BANDS,
         crop_size: int | None = None,
         seed: int = 0,
         only_labeled: bool = True,
+        nonfinite: str = "zero",
+        checks: str = "error",
     ):
-        self.root = require_dir(root, "SEN12_GUM root")
+        root = require_dir(root, "SEN12_GUM root")
         if split is not None and split not in SPLITS:
             raise DatasetError(f"split must be one of {sorted(SPLITS)} or None, got {split!r}")
         modalities = tuple(modalities)
@@ -155,9 +178,10 @@ class SEN12GUM(Dataset):
             raise DatasetError(f"s2_bands must be distinct bands among {valid}, got {s2_bands}")
         if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
             raise DatasetError(f"crop_size must be a positive int or None, got {crop_size!r}")
-        self.split, self.modalities, self.s2_bands = split, modalities, s2_bands
-        self.transforms, self.crop_size, self.seed, self.only_labeled, self.epoch = (
-            transforms, crop_size, seed, only_labeled, 0)
+        self.s2_bands = s2_bands
+        self._init_protocol(root, split, modalities, transforms, normalize, nonfinite, checks,
+                            channels={m: len(S1_FEATURES) if m == "s1" else len(s2_bands) for m in modalities})
+        self.crop_size, self.seed, self.only_labeled = crop_size, seed, only_labeled
         self.sites = self._select_sites(sites)
         self.regions: dict[str, str] = {}
         self.samples: list[SEN12GUMSample] = []
@@ -235,10 +259,6 @@ class SEN12GUM(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        "Draw new crop positions (the crop of item i depends on (seed, epoch, i))."
-        self.epoch = int(epoch)
-
     @property
     def img_weights(self) -> np.ndarray:
         "(N,) float: ``img_weight`` of every sample (for a weighted sampler)."
@@ -256,10 +276,27 @@ class SEN12GUM(Dataset):
         "GeoTIFF of each requested modality of sample ``index`` and, if labelled, of its built-up ``mask``."
         return {"mask" if k == "buildings" else k: [p] for k, p in self.files(index).items()}
 
+    def stack_layout(self, order: Sequence[str] | None = None) -> StackLayout:
+        "`StackLayout` of ``order`` with this loader's Sentinel-2 bands (``s2_bands``)."
+        layout = super().stack_layout(order)
+        mods = tuple(Modality(m.name, self.s2_bands, m.source, m.unit) if m.name == "s2" else m
+                     for m in layout.modalities)
+        return DatasetModalities(self.modality_spec.dataset, {m.name: m for m in mods}).layout(layout.order)
+
+    def _read(self, name: str, path: Path, what: str, count: int, bands: list[int] | None, window) -> np.ndarray:
+        where = f"{what}: {path}"
+        src = self.handles.open(path, what)
+        raw = read_open(src, path, what=what, count=count, bands=bands, window=window, dtype=None)
+        VALUE_SPECS[name].check_dtype(raw.dtype, where, self.checks)
+        VALUE_SPECS[name].check_values(raw, where, self.checks)
+        arr = apply_nonfinite(raw.astype(np.float32, copy=False), self.nonfinite, where)
+        return arr if name == "mask" else self.normalized(name, arr)
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         files = self.files(index)
-        infos = aligned_headers(files, "SEN12_GUM")
+        infos = {k: self.handles.info(p, f"SEN12_GUM {k}") for k, p in files.items()}
+        check_aligned(infos)
         ref_name, ref = next(iter(infos.items()))
         window = indexed_window(ref.height, ref.width, self.crop_size, self.seed, self.epoch, index,
                                 what=str(files[ref_name]))
@@ -267,24 +304,23 @@ class SEN12GUM(Dataset):
         sample: dict = {}
         if "s1" in self.modalities:
             idx = [s.s1_features.index(b) + 1 for b in S1_FEATURES]
-            x = read_raster(files["s1"], what="SEN12_GUM Sentinel-1", count=len(s.s1_features), bands=idx,
-                            window=window)
-            sample["s1"] = torch.from_numpy(np.nan_to_num(x, nan=0.0))
+            sample["s1"] = torch.from_numpy(self._read("s1", files["s1"], "SEN12_GUM Sentinel-1",
+                                                       len(s.s1_features), idx, window))
         if "s2" in self.modalities:
             idx = [s.s2_features.index(b) + 1 for b in self.s2_bands]
-            x = read_raster(files["s2"], what="SEN12_GUM Sentinel-2", count=len(s.s2_features), bands=idx,
-                            window=window)
-            sample["s2"] = torch.from_numpy(np.nan_to_num(x, nan=0.0))
+            sample["s2"] = torch.from_numpy(self._read("s2", files["s2"], "SEN12_GUM Sentinel-2",
+                                                       len(s.s2_features), idx, window))
         if s.is_labeled:
-            y = read_raster(files["buildings"], what="SEN12_GUM buildings", count=1, window=window)
-            mask = (np.nan_to_num(y, nan=0.0) > 0).astype(np.float32)
+            y = self._read("mask", files["buildings"], "SEN12_GUM buildings", 1, None, window)
+            mask = (y > 0).astype(np.float32)
         else:
             mask = np.zeros((1, h, w), np.float32)
-        sample.update(mask=torch.from_numpy(mask), site=s.site, patch_id=s.sample_id,
+        sid = s.sample_id if s.site == TEST_FOLDER else f"{s.site}_{s.sample_id}"
+        sample.update(mask=torch.from_numpy(mask), id=sid, site=s.site, patch_id=s.sample_id,
                       img_weight=s.img_weight, is_labeled=s.is_labeled)
         if s.site == TEST_FOLDER:
             sample["aoi_id"] = s.sample_id
-        return self.transforms(sample) if self.transforms is not None else sample
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"SEN12GUM(split={self.split!r}, sites={len(self.sites)}, samples={len(self)}, "

@@ -17,14 +17,18 @@ from .io import atomic_write_json
 from .scene import SceneKnobs
 
 # %% auto #0
-__all__ = ['DATASETS', 'MANIFEST', 'split_knobs', 'simulate', 'read_manifest', 'cache_dir', 'cached_simulation']
+__all__ = ['DATASETS', 'MANIFEST', 'MANIFEST_FORMAT', 'split_knobs', 'manifest_record', 'write_manifest', 'simulate',
+           'read_manifest', 'cache_dir', 'cached_simulation']
 
 # %% ../../nbs/07_data.simulate.ipynb #a9d23783
 DATASETS = ("mapinwild", "bigearthnet", "sen12gum", "spacenet7")
 "Datasets that `simulate` can write; the writer of ``d`` is ``fusionbook.data.<d>.simulate_<d>``."
 
-MANIFEST = "fusionbook_simulation.json"
-"Name of the record that `simulate` writes into the dataset root."
+MANIFEST = "simulation.json"
+"Name of the simulation record in a simulated dataset's root (the same for all four simulators)."
+MANIFEST_FORMAT = 1
+"Version of the record's format (`manifest_record`)."
+_COMMON = ("format", "dataset", "generator", "seed", "n", "knobs", "writer_kwargs", "fusionbook_version")
 
 
 def split_knobs(kwargs: dict[str, Any]) -> tuple[SceneKnobs | None, dict[str, Any]]:
@@ -97,11 +101,41 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def manifest_record(dataset: str, *, seed: int, n: int | None, knobs: SceneKnobs | dict | None,
+                    writer_kwargs: dict[str, Any] | None = None, **details: Any) -> dict[str, Any]:
+    """The one simulation record of every simulator: ``format``, ``dataset``, ``generator``, ``seed``, ``n``,
+    ``knobs`` (all `SceneKnobs` fields, or None = the writer's dataset defaults), ``writer_kwargs``,
+    ``fusionbook_version``, then the writer's own ``details`` (sizes, splits, ids, …)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {list(DATASETS)}")
+    clash = sorted(set(details) & set(_COMMON))
+    if clash:
+        raise ValueError(f"manifest details may not redefine the common keys {clash}")
+    if isinstance(knobs, SceneKnobs):
+        knobs = knobs.to_dict()
+    return dict(format=MANIFEST_FORMAT, dataset=dataset, generator=f"fusionbook.data.{dataset}.simulate_{dataset}",
+                seed=int(seed), n=None if n is None else int(n), knobs=None if knobs is None else _jsonable(knobs),
+                writer_kwargs=_jsonable(writer_kwargs or {}), fusionbook_version=fusionbook.__version__,
+                **_jsonable(details))
+
+
+def write_manifest(root: str | Path, record: dict[str, Any]) -> Path:
+    "Write ``record`` (from `manifest_record`) atomically to ``<root>/simulation.json``; returns the path."
+    missing = [k for k in _COMMON if k not in record]
+    if missing:
+        raise ValueError(f"simulation record lacks {missing}; build it with manifest_record")
+    path = Path(root) / MANIFEST
+    atomic_write_json(path, record, allow_nan=True)
+    return path
+
+
 def simulate(dataset: str, root: str | Path, n: int | None = None, seed: int = 0, **knobs: Any) -> Path:
     """Write a simulated ``dataset`` under ``root`` and return the path the writer returns.
 
     ``n``: number of samples (AOIs, patches; ``None`` = the writer's default).  ``knobs``: `SceneKnobs` fields
-    (e.g. ``s1_signal=0``, ``cloud_rate=0.3``) and dataset-specific keyword arguments of the writer."""
+    (e.g. ``informative="s1"``, ``cloud_rate=0.3``) and dataset-specific keyword arguments of the writer.
+    The record (`manifest_record`) takes ``n`` and ``knobs`` as the writer resolved them when the writer
+    recorded them itself, and keeps the writer's other fields as details."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {list(DATASETS)}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
@@ -113,15 +147,17 @@ def simulate(dataset: str, root: str | Path, n: int | None = None, seed: int = 0
     _check_writer_kwargs(writer, extra)
     root = Path(root)
     out = writer(root, None if n is None else int(n), int(seed), scene_knobs, **extra)
-    record = dict(dataset=dataset, n=None if n is None else int(n), seed=int(seed),
-                  knobs=None if scene_knobs is None else asdict(scene_knobs),
-                  writer_kwargs=_jsonable(extra), fusionbook_version=fusionbook.__version__)
-    atomic_write_json(root / MANIFEST, record, allow_nan=True)
+    own = root / MANIFEST  # a writer may have recorded its own details under the same name
+    details = json.loads(own.read_text()) if own.is_file() else {}
+    record = manifest_record(dataset, seed=int(seed), n=details.get("n", n),
+                             knobs=details.get("knobs", scene_knobs), writer_kwargs=extra,
+                             **{k: v for k, v in details.items() if k not in _COMMON})
+    write_manifest(root, record)
     return Path(out) if out is not None else root
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    "Read the record `simulate` wrote into ``root`` (``FileNotFoundError`` naming the file if absent)."
+    "Read the simulation record in ``root`` (``FileNotFoundError`` naming the file if absent)."
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no simulation record (was this folder written by fusionbook.simulate?)")
@@ -129,10 +165,20 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
 
 # %% ../../nbs/07_data.simulate.ipynb #2a4ea01f
 def cache_dir(path: str | Path | None = None) -> Path:
-    "The cache folder: ``path``, else ``$FUSIONBOOK_CACHE``, else ``~/.cache/fusionbook``."
+    """The cache folder: ``path``, else ``$FUSIONBOOK_CACHE``, else the user cache folder (`platformdirs`;
+    on Linux ``$XDG_CACHE_HOME/fusionbook``, default ``~/.cache/fusionbook``)."""
     import os
 
-    return Path(path or os.environ.get("FUSIONBOOK_CACHE") or Path.home() / ".cache" / "fusionbook")
+    if path:
+        return Path(path)
+    if os.environ.get("FUSIONBOOK_CACHE"):
+        return Path(os.environ["FUSIONBOOK_CACHE"])
+    try:
+        from platformdirs import user_cache_path
+    except ImportError:  # the XDG rule itself
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fusionbook"
+    return user_cache_path("fusionbook", appauthor=False)
 
 
 def cached_simulation(dataset: str, n: int | None = None, seed: int = 0, *, cache: str | Path | None = None,

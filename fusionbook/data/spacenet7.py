@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from importlib import resources
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from rasterio.crs import CRS
 from scipy import ndimage
@@ -23,25 +23,26 @@ from scipy import ndimage
 from fusionbook.data.io import (
     DatasetError,
     MissingFileError,
-    aligned_headers,
+    check_aligned,
     atomic_write_json,
     require_empty_dir,
     grid_transform,
     indexed_window,
-    read_raster,
+    read_open,
     require_dir,
     require_file,
     write_geotiff,
 )
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite
 from .scene import SceneKnobs, simulate_scene
-from ..modality import SPACENET7, DatasetModalities
+from ..modality import SPACENET7, DatasetModalities, Modality, StackLayout
 
 # %% auto #0
 __all__ = ['S2_FILE_BANDS', 'PAPER5_S2_ORDER', 'S1_FILE_BANDS', 'METADATA_NAMES', 'AOI_FOLDER', 'TRAIN_AOIS', 'VALIDATION_AOIS',
-           'TEST_AOIS', 'SPLITS', 'S1_DB_RANGE', 'MISSING_OPTICAL_RATE', 'SIM_CRS_SPACENET7', 'PLANET_RES', 'split_of',
-           'Timestamp', 'parse_metadata', 'find_metadata', 'load_metadata', 'real_metadata_path', 'availability_table',
-           'aoi_dir', 'sentinel1_path', 'sentinel2_path', 'label_path', 'SpaceNet7Sample', 'SpaceNet7S1S2',
-           'unit_scale_db', 'simulate_spacenet7']
+           'TEST_AOIS', 'SPLITS', 'VALUE_SPECS', 'S1_DB_RANGE', 'MISSING_OPTICAL_RATE', 'SIM_CRS_SPACENET7',
+           'PLANET_RES', 'split_of', 'Timestamp', 'parse_metadata', 'find_metadata', 'load_metadata',
+           'real_metadata_path', 'availability_table', 'aoi_dir', 'sentinel1_path', 'sentinel2_path', 'label_path',
+           'SpaceNet7Sample', 'SpaceNet7S1S2', 'unit_scale_db', 'simulate_spacenet7']
 
 # %% ../../nbs/06_data.spacenet7.ipynb #3a2e4e9c
 S2_FILE_BANDS: tuple[str, ...] = SPACENET7["s2"].bands
@@ -177,18 +178,13 @@ def load_metadata(path: str | os.PathLike) -> dict[str, list[Timestamp]]:
 
 # %% ../../nbs/06_data.spacenet7.ipynb #0ffbfe36
 def real_metadata_path() -> Path | None:
-    """The real SpaceNet7-S1S2 availability file, if present.
-
-    Looked up at ``$FUSIONBOOK_SPACENET7_METADATA``, then at ``shared/data/spacenet7_s1s2_metadata/metadata.json``
-    in the folders above the package and above the working directory (the reference data beside a checkout)."""
+    """The real SpaceNet7-S1S2 availability file: ``$FUSIONBOOK_SPACENET7_METADATA`` if set (it must exist), else
+    the copy shipped with the package (``fusionbook.data`` assets); None if neither is there."""
     env = os.environ.get("FUSIONBOOK_SPACENET7_METADATA")
-    candidates = [Path(env)] if env else []
-    here = [Path.cwd().resolve()]
-    if "__file__" in globals():  # the installed module (not the notebook)
-        here.insert(0, Path(__file__).resolve().parent)
-    rel = Path("shared") / "data" / "spacenet7_s1s2_metadata" / "metadata.json"
-    candidates += [d / rel for h in here for d in (h, *h.parents)]
-    return next((p for p in candidates if p.is_file()), None)
+    if env:
+        return require_file(env, "SpaceNet7-S1S2 metadata named by $FUSIONBOOK_SPACENET7_METADATA")
+    shipped = resources.files("fusionbook.data") / "assets" / "spacenet7_s1s2_metadata.json"
+    return Path(str(shipped)) if shipped.is_file() else None
 
 
 def availability_table(metadata: Mapping[str, Sequence[Timestamp]],
@@ -238,25 +234,43 @@ class SpaceNet7Sample:
     has_optical: bool
 
 
-class SpaceNet7S1S2(Dataset):
-    """SpaceNet7-S1S2 urban-mapping samples: ``{"s1": (2,h,w), "s2": (4,h,w), "mask": (1,h,w), …}``."""
+VALUE_SPECS: dict[str, ValueSpec] = {
+    "s1": ValueSpec("unit-scaled Sentinel-1 backscatter (−25 … 5 dB → 0 … 1)", ("float32", "float64"), 0.0, 1.0),
+    "s2": ValueSpec("Sentinel-2 reflectance 0 … 1", ("float32", "float64"), 0.0, 1.0),
+    "mask": ValueSpec("building label 0/255", ("uint8", "int8", "uint16", "int16"), 0.0, 255.0),
+}
+"What each SpaceNet7-S1S2 file may hold (checked on every read unless ``checks='off'``)."
+
+
+class SpaceNet7S1S2(FusionDataset):
+    """SpaceNet7-S1S2 urban-mapping samples: ``{"s1": (2,h,w), "s2": (4,h,w), "mask": (1,h,w), "id", …}``."""
 
     modality_spec: DatasetModalities = SPACENET7  # band names of every modality (fusionbook.modality)
+    value_specs = VALUE_SPECS
+    plot_panels = (("s2", "optical", "Sentinel-2"), ("s1", "sar", "Sentinel-1 VV (unit-scaled)"),
+                   ("mask", "mask", "buildings"))
 
     def __init__(
         self,
         root: str | os.PathLike,
         split: str | None = "train",
+        modalities: Sequence[str] = ("s1", "s2"),
+        transforms: Callable[[dict], dict] | None = None,
+        normalize: Normalization = "paper",
+        *,
         aois: Sequence[str] | None = None,
         crop_size: int | None = 64,
         seed: int = 0,
         include_incomplete: bool = True,
-        transforms: Callable[[dict], dict] | None = None,
-        *,
         s2_order: Sequence[str] = S2_FILE_BANDS,
         metadata: str | os.PathLike | None = None,
+        nonfinite: str = "zero",
+        checks: str = "error",
     ):
-        self.root = require_dir(root, "SpaceNet7-S1S2 root")
+        root = require_dir(root, "SpaceNet7-S1S2 root")
+        modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+        if not modalities or not set(modalities) <= {"s1", "s2"} or len(set(modalities)) != len(modalities):
+            raise DatasetError(f"modalities must be distinct names among ('s1', 's2'), got {modalities}")
         if split is not None and split not in SPLITS:
             raise DatasetError(f"split must be one of {sorted(SPLITS)} or None, got {split!r}")
         if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 1):
@@ -264,8 +278,10 @@ class SpaceNet7S1S2(Dataset):
         s2_order = tuple(s2_order)
         if sorted(s2_order) != sorted(set(s2_order)) or not set(s2_order) <= set(S2_FILE_BANDS) or not s2_order:
             raise DatasetError(f"s2_order must be distinct bands among {S2_FILE_BANDS}, got {s2_order}")
-        self.split, self.crop_size, self.seed, self.transforms = split, crop_size, seed, transforms
-        self.include_incomplete, self.s2_order, self.epoch = include_incomplete, s2_order, 0
+        self._init_protocol(root, split, modalities, transforms, normalize, nonfinite, checks,
+                            channels={m: len(S1_FILE_BANDS) if m == "s1" else len(s2_order) for m in modalities})
+        self.crop_size, self.seed = crop_size, seed
+        self.include_incomplete, self.s2_order = include_incomplete, s2_order
         self._s2_idx = [S2_FILE_BANDS.index(b) + 1 for b in s2_order]  # 1-based for rasterio
         self.metadata_path = Path(metadata) if metadata is not None else find_metadata(self.root)
         self.metadata = load_metadata(self.metadata_path)
@@ -320,10 +336,6 @@ class SpaceNet7S1S2(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        "Draw new crop positions (the crop of item i depends on (seed, epoch, i))."
-        self.epoch = int(epoch)
-
     @property
     def missing_optical(self) -> np.ndarray:
         "(N,) bool: which samples have no optical image."
@@ -343,40 +355,61 @@ class SpaceNet7S1S2(Dataset):
         f = self.files(index)
         return {"s1": [f["sentinel1"]], "s2": [f["sentinel2"]] if "sentinel2" in f else [], "mask": [f["label"]]}
 
+    def stack_layout(self, order: Sequence[str] | None = None) -> StackLayout:
+        "`StackLayout` of ``order`` with Sentinel-2 in this loader's band order (``s2_order``)."
+        layout = super().stack_layout(order)
+        mods = tuple(Modality(m.name, self.s2_order, m.source, m.unit) if m.name == "s2" else m
+                     for m in layout.modalities)
+        return DatasetModalities(self.modality_spec.dataset, {m.name: m for m in mods}).layout(layout.order)
+
+    def paper_normalize(self, name: str, x: np.ndarray) -> np.ndarray:
+        "Paper 5's loader clips Sentinel-1 and Sentinel-2 to [0, 1]."
+        return np.clip(x, 0.0, 1.0).astype(np.float32, copy=False)
+
+    def _read(self, name: str, path: Path, what: str, count: int, bands: list[int] | None, window) -> np.ndarray:
+        where = f"{what}: {path}"
+        raw = read_open(self.handles.open(path, what), path, what=what, count=count, bands=bands, window=window,
+                        dtype=None)
+        VALUE_SPECS[name].check_dtype(raw.dtype, where, self.checks)
+        VALUE_SPECS[name].check_values(raw, where, self.checks)
+        if name == "mask":
+            return raw
+        return self.normalized(name, apply_nonfinite(raw.astype(np.float32, copy=False), self.nonfinite, where))
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         files = self.files(index)
-        ref = aligned_headers(files, "SpaceNet7-S1S2")["label"]
+        infos = {k: self.handles.info(p, f"SpaceNet7-S1S2 {k}") for k, p in files.items()}
+        check_aligned(infos)
+        ref = infos["label"]
         window = indexed_window(ref.height, ref.width, self.crop_size, self.seed, self.epoch, index,
                                 what=str(files["label"]))
-        s1 = read_raster(files["sentinel1"], what="SpaceNet7-S1S2 Sentinel-1 (VV, VH)", count=len(S1_FILE_BANDS),
-                         window=window)
-        label = read_raster(files["label"], what="SpaceNet7-S1S2 building label", count=1, window=window, dtype=None)
+        label = self._read("mask", files["label"], "SpaceNet7-S1S2 building label", 1, None, window)
         h, w = label.shape[-2:]
-        if s.has_optical:
-            s2 = read_raster(files["sentinel2"], what="SpaceNet7-S1S2 Sentinel-2 (B2, B3, B4, B8)",
-                             count=len(S2_FILE_BANDS), bands=self._s2_idx, window=window)
-        else:
-            s2 = np.zeros((len(self.s2_order), h, w), np.float32)
-        sample = {
-            "s1": torch.from_numpy(_clean(s1)),
-            "s2": torch.from_numpy(_clean(s2)),
+        sample: dict = {}
+        if "s1" in self.modalities:
+            sample["s1"] = torch.from_numpy(self._read("s1", files["sentinel1"], "SpaceNet7-S1S2 Sentinel-1 (VV, VH)",
+                                                       len(S1_FILE_BANDS), None, window))
+        if "s2" in self.modalities:
+            if s.has_optical:
+                s2 = self._read("s2", files["sentinel2"], "SpaceNet7-S1S2 Sentinel-2 (B2, B3, B4, B8)",
+                                len(S2_FILE_BANDS), self._s2_idx, window)
+            else:
+                s2 = np.zeros((len(self.s2_order), h, w), np.float32)
+            sample["s2"] = torch.from_numpy(s2)
+        sample.update({
             "mask": torch.from_numpy((label > 0).astype(np.float32)),
             "missing_optical": not s.has_optical,
+            "id": f"{s.aoi_id}_{s.year:04d}_{s.month:02d}",
             "aoi_id": s.aoi_id,
             "year": s.year,
             "month": s.month,
-        }
-        return self.transforms(sample) if self.transforms is not None else sample
+        })
+        return self.finish(sample)
 
     def __repr__(self) -> str:
         return (f"SpaceNet7S1S2(split={self.split!r}, aois={len(self.aois)}, samples={len(self)}, "
                 f"missing_optical={int(self.missing_optical.sum())}, crop_size={self.crop_size})")
-
-
-def _clean(x: np.ndarray) -> np.ndarray:
-    "NaN → 0 and clip to [0, 1] (float32)."
-    return np.clip(np.nan_to_num(x.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
 
 # %% ../../nbs/06_data.spacenet7.ipynb #cd8782fc
 S1_DB_RANGE: tuple[float, float] = (-25.0, 5.0)
