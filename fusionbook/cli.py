@@ -33,7 +33,11 @@ __all__ = ['PROFILES', 'SIMULATED_DATASETS', 'CHAPTERS', 'repo_root', 'chapters_
 # %% ../nbs/30_cli.ipynb #643721e5
 CHAPTERS: dict[str, str] = {
     "data": "The datasets and their modalities (real samples beside simulated ones)",
+    "paper1": "Paper 1 — modality occlusion with a learned influence head (MapInWild wilderness mapping)",
     "paper2": "Paper 2 — embedding-distance occlusion (MapInWild naturalness regression)",
+    "paper3": "Paper 3 — distribution-shift-aware SAR–optical fusion (BigEarthNet-MM multi-label)",
+    "paper4": "Paper 4 — SAR/optical utilization imbalance (MMTM, conditional utilization rates, SEN12_GUM)",
+    "paper5": "Paper 5 — feature reconstruction for a partly missing optical modality (SpaceNet7-S1S2)",
 }
 "Known chapters and a one-line description, in book order."
 

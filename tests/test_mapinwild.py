@@ -29,7 +29,8 @@ from fusionbook.data.mapinwild import (
 from fusionbook.modality import MAPINWILD, Stack
 
 SIZE = 32
-REAL_WC = Path(__file__).resolve().parents[1] / "data" / "worldcover_saotome_1920px" / "worldcover_2020_saotome_1920px.tif"
+REAL_WC = (Path(__file__).resolve().parents[1] / "data" / "worldcover_saotome_1920px"
+           / "worldcover_2020_saotome_1920px.tif")
 
 
 def _arrays(i: int, size: int = SIZE) -> dict[str, np.ndarray]:
@@ -207,7 +208,8 @@ def test_256_and_1024_crops_of_a_1920_tile(tmp_path: Path, monkeypatch):
     real = mw.read_open
     monkeypatch.setattr(mw, "read_open", lambda src, p, **kw: windows.append(kw["window"]) or real(src, p, **kw))
     for size in (256, 1024):
-        ds = MapInWild(tmp_path, None, ("worldcover",), target="mask", crop_size=size, layout="authors", normalize=False)
+        ds = MapInWild(tmp_path, None, ("worldcover",), target="mask", crop_size=size, layout="authors",
+                       normalize=None)
         for _ in range(2):
             s = ds[0]
             r, c = s["crop"]

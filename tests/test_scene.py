@@ -12,15 +12,26 @@ from fusionbook.data.scene import (
     BEN_S1_MEAN,
     BEN_S2_MEAN,
     DEFAULT_CLASS_WEIGHTS,
+    SCENE_MODALITIES,
     WORLDCOVER_CLASSES,
     Scene,
     SceneKnobs,
     landcover_map,
+    planted_signal_report,
     realism_report,
     s2_band_index,
     simulate_scene,
 )
-from fusionbook.data.simulate import DATASETS, MANIFEST, read_manifest, simulate, split_knobs
+from fusionbook.data.simulate import (
+    DATASETS,
+    MANIFEST,
+    cache_dir,
+    manifest_record,
+    read_manifest,
+    simulate,
+    split_knobs,
+    write_manifest,
+)
 from fusionbook.modality import BEN_S2
 
 ARRAYS = ("landcover", "s2", "s1", "viirs", "cloud", "shadow", "snow", "buildings", "protected", "naturalness")
@@ -37,8 +48,8 @@ def equal(a: Scene, b: Scene, names=ARRAYS) -> bool:
 
 # ---------------------------------------------------------------------------------------------- knobs
 def test_knobs_from_dict_and_validation():
-    k = SceneKnobs.from_dict({"s1_signal": 0, "cloud_rate": 0.25, "s1_looks": math.inf})
-    assert (k.s1_signal, k.cloud_rate, k.s1_looks, k.s2_signal) == (0.0, 0.25, math.inf, 1.0)
+    k = SceneKnobs.from_dict({"informative": "s1", "cloud_rate": 0.25, "s1_looks": math.inf})
+    assert (k.informative, k.cloud_rate, k.s1_looks, k.signal_strength) == ("s1", 0.25, math.inf, 1.0)
     assert SceneKnobs.from_dict(k.to_dict()) == k
     assert SceneKnobs.from_dict(None) == SceneKnobs()
     with pytest.raises(ValueError, match="valid knobs") as e:
@@ -49,7 +60,8 @@ def test_knobs_from_dict_and_validation():
 @pytest.mark.parametrize("name,value", [
     ("cloud_rate", 1.2), ("cloud_rate", -0.1), ("s2_signal", 2.0), ("s1_signal", float("nan")),
     ("s2_noise", -0.01), ("s1_looks", 0.0), ("urban_fraction", 1.0), ("snow_rate", math.inf),
-    ("structure_scale", 0.0), ("viirs_signal", "1"), ("missing_optical_rate", True),
+    ("structure_scale", 0.0), ("viirs_signal", "1"), ("missing_optical_rate", True), ("signal_strength", 1.5),
+    ("signal_strength", "0.5"), ("informative", "sar"), ("informative", "s1:-1"), ("informative", 2.0),
 ])
 def test_knob_out_of_range(name, value):
     with pytest.raises(ValueError, match=name):
@@ -182,12 +194,136 @@ def test_viirs_and_protected_and_naturalness():
     nan = np.isnan(sc.naturalness)
     assert 0.005 < nan.mean() < 0.04
     assert np.nanmean(sc.naturalness[sc.buildings]) < np.nanmean(sc.naturalness[sc.landcover == 10])
-    flat = simulate_scene(256, 6, SceneKnobs(urban_fraction=0.1, viirs_signal=0))
+    with pytest.warns(DeprecationWarning, match="viirs_signal"):  # the deprecated knob makes VIIRS constant
+        flat = simulate_scene(256, 6, SceneKnobs(urban_fraction=0.1, viirs_signal=0))
     assert np.ptp(flat.viirs) < 0.01 * np.ptp(sc.viirs)
 
 
 # ------------------------------------------------------------------------------ planted-signal knobs
+PLANTED = {"all": {}, "s2": {"informative": "s2"}, "s1": {"informative": "s1"}, "s2,worldcover": {
+    "informative": "s2,worldcover"}, "s2 half": {"informative": "s2", "signal_strength": 0.5},
+    "none": {"informative": "none"}}
+TARGETS = ("landcover", "buildings", "protected", "naturalness")
+NUISANCE = ("cloud", "shadow", "snow")
+MODALITY_ARRAY = {"s2": "s2", "s1": "s1", "viirs": "viirs", "worldcover": "worldcover"}
+
+
+def test_informative_parsing_and_canonical_form():
+    test = {"all": "all", "s2,s1,viirs,worldcover": "all", "landcover,S2": "s2,worldcover", "none": "none",
+            "": "none", None: "none", ("s1",): "s1", "s2:0.5, s1": "s2:0.5,s1"}
+    for given, canon in test.items():
+        assert SceneKnobs(informative=given).informative == canon, given
+    assert SceneKnobs(informative={"viirs": 0.25}).strengths() == {"s2": 0.0, "s1": 0.0, "viirs": 0.25,
+                                                                    "worldcover": 0.0}
+    assert SceneKnobs(informative="s2,s1:0", signal_strength=0.5).planted() == ("s2",)
+    with pytest.raises(ValueError, match="valid") as e:
+        SceneKnobs(informative="s2,sar")
+    assert all(m in str(e.value) for m in SCENE_MODALITIES) and "informative" in str(e.value)
+    with pytest.raises(ValueError, match="twice"):
+        SceneKnobs(informative="landcover,worldcover")
+
+
+def test_default_is_all_informative_and_draws_no_independent_scene():
+    a = simulate_scene(64, 4)
+    assert equal(a, simulate_scene(64, 4, SceneKnobs(informative="s2,s1,viirs,worldcover", signal_strength=1)))
+    assert a.decoy_seed is None and a.worldcover is a.landcover and a.signal == {}
+    assert all(a.signal_mask(m).all() for m in SCENE_MODALITIES)
+    with pytest.raises(ValueError, match="valid"):
+        a.signal_mask("sar")
+
+
+def test_deprecated_collapsing_knobs_warn_and_are_not_the_default():
+    assert all(v == 1.0 for k, v in SceneKnobs().to_dict().items() if k.endswith("_signal"))
+    with pytest.warns(DeprecationWarning, match="s1_signal"):
+        SceneKnobs(s1_signal=0.5)
+
+
+@pytest.mark.parametrize("kn", [dict(cloud_rate=0.0), dict(cloud_rate=0.4, snow_rate=0.4)])
+def test_uninformative_modality_is_an_ordinary_scene(kn):
+    "An uninformative modality is the same modality of an ordinary scene (seed `decoy_seed`): same distribution."
+    a = simulate_scene(64, 3, SceneKnobs(informative="none", **kn))
+    other = simulate_scene(64, a.decoy_seed, SceneKnobs(**kn))
+    assert np.array_equal(a.s1, other.s1) and np.array_equal(a.viirs, other.viirs)
+    assert np.array_equal(a.worldcover, other.landcover)
+    ground = ~(a.cloud | a.shadow | a.snow | other.cloud | other.shadow | other.snow)
+    assert np.array_equal(a.s2[:, ground], other.s2[:, ground])  # the optical differs only by nuisance
+    if not kn["cloud_rate"]:
+        assert np.array_equal(a.s2, other.s2)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_targets_nuisance_and_informative_modalities_do_not_move(seed):
+    kn = dict(cloud_rate=0.4, snow_rate=0.3)
+    base = simulate_scene(96, seed, SceneKnobs(**kn))
+    assert base.cloud.any() and base.snow.any()  # nuisance present, so its equality below means something
+    for name, setting in PLANTED.items():
+        sc = simulate_scene(96, seed, SceneKnobs(**kn, **setting))
+        assert equal(base, sc, TARGETS + NUISANCE), name  # same targets, same clouds, shadows and snow
+        for m, s in sc.knobs.strengths().items():
+            x, ref = getattr(sc, MODALITY_ARRAY[m]), getattr(base, MODALITY_ARRAY[m])
+            if s == 1:
+                assert np.array_equal(x, ref), (name, m)
+            else:
+                assert not np.array_equal(x, ref), (name, m)
+            assert all(np.ptp(c) > 0 for c in np.reshape(x, (-1, *x.shape[-2:]))), (name, m)  # never constant
+        if name == "s2 half":
+            mask = sc.signal_mask("s2")
+            assert abs(mask.mean() - 0.5) < 0.01 and np.array_equal(sc.s2[:, mask], base.s2[:, mask])
+
+
+def test_signal_strength_zero_equals_uninformative():
+    a = simulate_scene(64, 2, SceneKnobs(informative="s2", signal_strength=0.0))
+    b = simulate_scene(64, 2, SceneKnobs(informative="none"))
+    assert equal(a, b) and not a.signal_mask("s2").any()
+    q = simulate_scene(64, 2, SceneKnobs(informative="s2:0.25"))
+    assert abs(q.signal_mask("s2").mean() - 0.25) < 0.01
+
+
+def test_given_landcover_independent_scene_keeps_its_class_shares():
+    lc = np.full((64, 64), 30, np.uint8)
+    lc[:, :20] = 10
+    lc[40:, 30:50] = 50
+    sc = simulate_scene(None, 1, SceneKnobs(informative="s1", cloud_rate=0), landcover=lc)
+    assert np.array_equal(sc.landcover, lc) and np.array_equal(sc.buildings, lc == 50)
+    assert not np.array_equal(sc.worldcover, lc)
+    shares = lambda x: {c: float((x == c).mean()) for c in (10, 30, 50)}  # noqa: E731
+    assert all(abs(shares(sc.worldcover)[c] - shares(lc)[c]) < 0.03 for c in (10, 30, 50))
+    assert np.array_equal(sc.s1, simulate_scene(None, 1, SceneKnobs(cloud_rate=0), landcover=lc).s1)
+
+
+def test_marginals_equal_across_settings():
+    """Every modality's per-channel marginal: informative (setting "all") vs written from the independent
+    scene (setting "none"), 40 scenes of 48², exact per-scene class shares (composition_concentration=inf, which
+    removes most between-scene variance).  Tolerance: S2/S1/VIIRS |Δmean| < 0.1 sd and sd ratio within
+    [0.85, 1.15]; WorldCover class shares |Δ| < 0.07; every paired t-test p > 0.001."""
+    inf = dict(composition_concentration=math.inf)
+    marg, _ = planted_signal_report({"all": inf, "none": {**inf, "informative": "none"}}, n=40, size=48,
+                                    pixels=50, folds=2)
+    none = marg[marg.setting == "none"].set_index(["modality", "channel"])
+    ref = marg[marg.setting == "all"].set_index(["modality", "channel"])
+    cont = none.drop(index="worldcover", level="modality")
+    assert (cont.dmean_sd < 0.1).all(), cont[cont.dmean_sd >= 0.1]
+    assert cont.sd_ratio.between(0.85, 1.15).all(), cont[~cont.sd_ratio.between(0.85, 1.15)]
+    assert ((none.loc["worldcover", "mean"] - ref.loc["worldcover", "mean"]).abs() < 0.07).all()
+    assert (none.p > 1e-3).all(), none[none.p <= 1e-3]
+
+
+def test_dependence_flips_with_the_knob():
+    "Cross-fitted per-pixel R² of the naturalness index: high from the informative modality, ≤ 0.05 otherwise."
+    settings = {k: PLANTED[k] for k in ("s2", "s1", "s2 half")}
+    marg, r2 = planted_signal_report(settings, n=12, size=64)
+    assert r2.loc["s2", "s2"] > 0.3 and r2.loc["s1", "s1"] > 0.15
+    assert r2.loc["s1", "s2"] < 0.05 and r2.loc["s2", "s1"] < 0.05
+    assert (r2.loc[:, ["viirs", "worldcover"]] < 0.05).all().all()
+    assert 0.05 < r2.loc["s2 half", "s2"] < r2.loc["s2", "s2"] - 0.1
+    assert (marg.p > 1e-3).all()
+    with pytest.raises(ValueError, match="target"):
+        planted_signal_report(settings, target="labels")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_s1_signal_zero_makes_sar_class_means_equal():
+    "Deprecated knob (kept for old configurations): collapses the SAR class means and shrinks its variance."
     base = simulate_scene(256, 5, SceneKnobs(cloud_rate=0))
     flat = simulate_scene(256, 5, SceneKnobs(cloud_rate=0, s1_signal=0))
     spread = lambda s: np.ptp(np.stack(list(class_means(s.s1, s.landcover).values())), 0)  # noqa: E731
@@ -195,9 +331,12 @@ def test_s1_signal_zero_makes_sar_class_means_equal():
     assert equal(base, flat, [a for a in ARRAYS if a != "s1"])  # nothing else changes
     half = simulate_scene(256, 5, SceneKnobs(cloud_rate=0, s1_signal=0.5))
     assert spread(flat).max() < spread(half).min() and spread(half).max() < spread(base).max()
+    assert (flat.s1.std((1, 2)) < 0.8 * base.s1.std((1, 2))).all()  # why it is deprecated: the marginal changes
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_s2_signal_zero_makes_optical_class_spectra_equal():
+    "Deprecated knob (kept for old configurations)."
     base = simulate_scene(256, 5, SceneKnobs(cloud_rate=0))
     flat = simulate_scene(256, 5, SceneKnobs(cloud_rate=0, s2_signal=0))
     spread = lambda s: np.ptp(np.stack(list(class_means(s.s2, s.landcover).values())), 0)  # noqa: E731
@@ -269,8 +408,8 @@ def fake_writer(calls, fail=False):
 
 
 def test_split_knobs():
-    k, extra = split_knobs({"s1_signal": 0.0, "patch_size": 120, "cloud_rate": 0.5})
-    assert isinstance(k, SceneKnobs) and (k.s1_signal, k.cloud_rate) == (0.0, 0.5)
+    k, extra = split_knobs({"informative": "s1", "patch_size": 120, "cloud_rate": 0.5})
+    assert isinstance(k, SceneKnobs) and (k.informative, k.cloud_rate) == ("s1", 0.5)
     assert extra == {"patch_size": 120}
 
 
@@ -284,6 +423,8 @@ def test_simulate_unknown_dataset_and_bad_args(tmp_path):
         simulate("bigearthnet", tmp_path, seed=-1)
     with pytest.raises(ValueError, match="cloud_rate"):
         simulate("bigearthnet", tmp_path, cloud_rate=3)
+    with pytest.raises(ValueError, match="informative"):
+        simulate("bigearthnet", tmp_path, informative="optical")
     assert not (tmp_path / MANIFEST).exists()
 
 
@@ -292,15 +433,16 @@ def test_simulate_calls_writer_and_records(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fusionbook.data.bigearthnet",
                         types.SimpleNamespace(simulate_bigearthnet=fake_writer(calls)))
     root = tmp_path / "ben"
-    out = simulate("bigearthnet", root, n=5, seed=3, s2_signal=0.0, cloud_rate=0.2, split=(0.6, 0.2, 0.2))
+    out = simulate("bigearthnet", root, n=5, seed=3, informative="s1", cloud_rate=0.2, split=(0.6, 0.2, 0.2))
     assert out == root / "sample.txt"
     (r, n, seed, knobs, kw) = calls[0]
     assert (r, n, seed, kw) == (root, 5, 3, {"split": (0.6, 0.2, 0.2)})
-    assert knobs == SceneKnobs(s2_signal=0.0, cloud_rate=0.2)
+    assert knobs == SceneKnobs(informative="s1", cloud_rate=0.2)
     rec = json.loads((root / MANIFEST).read_text())
     assert rec == read_manifest(root)
     assert (rec["dataset"], rec["n"], rec["seed"]) == ("bigearthnet", 5, 3)
-    assert rec["knobs"] == SceneKnobs(s2_signal=0.0, cloud_rate=0.2).to_dict()
+    assert rec["knobs"] == SceneKnobs(informative="s1", cloud_rate=0.2).to_dict() and rec["format"] == 1
+    assert MANIFEST == "simulation.json" and rec["generator"] == "fusionbook.data.bigearthnet.simulate_bigearthnet"
     assert rec["writer_kwargs"] == {"split": [0.6, 0.2, 0.2]} and rec["fusionbook_version"]
     assert sorted(p.name for p in root.iterdir()) == sorted([MANIFEST, "sample.txt"])  # no temp files left
     simulate("bigearthnet", root, seed=4)  # n=None passes through
@@ -336,3 +478,47 @@ def test_unknown_writer_argument_lists_valid_ones(tmp_path):
         simulate("mapinwild", tmp_path / "x", n=1, bogus=1)
     assert "tile_size" in str(e.value) and "bogus" in str(e.value)
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------- manifest and cache
+def test_one_manifest_for_every_writer(tmp_path):
+    "Through `simulate`, every writer's folder holds one `simulation.json` in the common format."
+    kw = {"mapinwild": dict(n=2, tile_size=32), "bigearthnet": dict(n=2), "sen12gum": dict(n=2, patch_size=32,
+          test_aois=0), "spacenet7": dict(n=1, size=32, months=2)}
+    for d in DATASETS:
+        root = tmp_path / d
+        simulate(d, root, seed=1, informative="s2", **kw[d])
+        rec = read_manifest(root)
+        assert (rec["format"], rec["dataset"], rec["seed"]) == (1, d, 1), d
+        assert rec["knobs"]["informative"] == "s2" and rec["n"] in (1, 2), d
+        assert rec["generator"] == f"fusionbook.data.{d}.simulate_{d}"
+        assert not (root / "fusionbook_simulation.json").exists()
+
+
+def test_manifest_record_and_writer(tmp_path):
+    rec = manifest_record("spacenet7", seed=2, n=None, knobs=SceneKnobs(), aois=["a"])
+    assert rec["knobs"]["informative"] == "all" and rec["aois"] == ["a"] and rec["n"] is None
+    assert json.loads(write_manifest(tmp_path, rec).read_text()) == rec
+    with pytest.raises(ValueError, match="common keys"):
+        manifest_record("spacenet7", seed=2, n=1, knobs=None, fusionbook_version="0")
+    with pytest.raises(ValueError, match="manifest_record"):
+        write_manifest(tmp_path, {"seed": 1})
+
+
+def test_cache_dir_honours_fusionbook_cache_then_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("FUSIONBOOK_CACHE", str(tmp_path / "fb"))
+    assert cache_dir() == tmp_path / "fb" and cache_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("FUSIONBOOK_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "fusionbook"
+
+
+def test_writers_take_targets_from_the_target_scene(tmp_path, tree_digest):
+    "BigEarthNet: labels and S1 rasters identical with S1 informative; S2 rasters from the independent scene."
+    b = simulate("bigearthnet", tmp_path / "b", n=3, seed=5, informative="s1", cloud_rate=0.02, snow_rate=0.02)
+    c = simulate("bigearthnet", tmp_path / "c", n=3, seed=5, cloud_rate=0.02, snow_rate=0.02)
+    assert tree_digest(b / "BigEarthNet-S1-v1.0") == tree_digest(c / "BigEarthNet-S1-v1.0")
+    assert tree_digest(b / "BigEarthNet-v1.0") != tree_digest(c / "BigEarthNet-v1.0")
+    labels = lambda r: sorted(  # noqa: E731
+        json.loads(p.read_text())["labels"] for p in (r / "BigEarthNet-v1.0").rglob("*_labels_metadata.json"))
+    assert labels(b) == labels(c) and labels(b)

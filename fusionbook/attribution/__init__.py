@@ -6,7 +6,9 @@
 __all__ = ['GAUSSIAN', 'OCCLUDERS', 'ONES', 'UNIFORM', 'ZEROS', 'ConstantFill', 'Fill', 'GaussianNoise', 'MeanFill',
            'ModalityOccluder', 'Occluder', 'UniformNoise', 'as_occluder', 'dataset_influence', 'embedding_distance',
            'embedding_l2', 'mean_influence', 'modality_occlusion_passes', 'occlude', 'occluded_chunks', 'occluder_name',
-           'output_occlusion']
+           'output_occlusion', 'influence_scores', 'dataset_scores', 'CutOffModel', 'cut_off_scores',
+           'UtilizationRates', 'utilization_rates', 'conditional_utilization_rate', 'utilization_imbalance',
+           'rank_agreement', 'method_ranks', 'rank_consistency']
 
 # %% ../../nbs/21_attribution.ipynb #c640af33
 from fusionbook.attribution.occlusion import (  # noqa: F401 (re-exports, listed in _all_)
@@ -33,10 +35,32 @@ from fusionbook.attribution.occlusion import (  # noqa: F401 (re-exports, listed
     occluder_name,
     output_occlusion,
 )
+from .influence import influence_scores as influence_scores
+from .influence import dataset_scores as dataset_scores
+from .utilization import CutOffModel as CutOffModel
+from .utilization import cut_off_scores as cut_off_scores
+from .utilization import UtilizationRates as UtilizationRates
+from .utilization import utilization_rates as utilization_rates
+from .utilization import conditional_utilization_rate as conditional_utilization_rate
+from .utilization import utilization_imbalance as utilization_imbalance
+from .compare import rank_agreement as rank_agreement
+from .compare import method_ranks as method_ranks
+from .compare import rank_consistency as rank_consistency
 
 _all_ = [
     "GAUSSIAN", "OCCLUDERS", "ONES", "UNIFORM", "ZEROS", "ConstantFill", "Fill", "GaussianNoise", "MeanFill",
     "ModalityOccluder", "Occluder", "UniformNoise", "as_occluder", "dataset_influence", "embedding_distance",
     "embedding_l2", "mean_influence", "modality_occlusion_passes", "occlude", "occluded_chunks",
     "occluder_name", "output_occlusion",
+    "influence_scores",
+    "dataset_scores",
+    "CutOffModel",
+    "cut_off_scores",
+    "UtilizationRates",
+    "utilization_rates",
+    "conditional_utilization_rate",
+    "utilization_imbalance",
+    "rank_agreement",
+    "method_ranks",
+    "rank_consistency",
 ]

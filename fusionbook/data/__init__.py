@@ -22,6 +22,10 @@ _LAZY = {
     "simulate_scene": "scene",
     "compute_band_stats": "stats",
     "modality_file_groups": "stats",
+    "FusionDataset": "base",
+    "ValueSpec": "base",
+    "DatasetWarning": "base",
+    "band_stats": "base",
     "DatasetError": "io",
     "MissingFileError": "io",
 }

@@ -24,7 +24,7 @@ from ..modality import DatasetModalities, StackLayout
 
 # %% auto #0
 __all__ = ['NONFINITE', 'CHECKS', 'Normalization', 'DatasetWarning', 'check_choice', 'report', 'apply_nonfinite', 'ValueSpec',
-           'resolve_normalize', 'standardize', 'RasterHandles', 'FusionDataset', 'band_stats']
+           'check_descriptions', 'resolve_normalize', 'standardize', 'RasterHandles', 'FusionDataset', 'band_stats']
 
 # %% ../../nbs/01a_data.base.ipynb #8a82a6e3
 NONFINITE: tuple[str, ...] = ("error", "zero", "keep")
@@ -126,6 +126,15 @@ class ValueSpec:
         if lo < self.low - tol or hi > self.high + tol:
             report(f"{where} has values in [{lo:.6g}, {hi:.6g}]; expected {self.unit} in "
                    f"[{self.low:g}, {self.high:g}]", checks)
+
+# %% ../../nbs/01a_data.base.ipynb #589fdc30
+def check_descriptions(descriptions: Sequence[str | None], expected: Sequence[str], where: str, checks: str,
+                       source: str = "the loader's band list") -> None:
+    "Report band descriptions of a GeoTIFF that contradict ``expected`` (skipped when the file has none)."
+    if checks == "off" or not descriptions or any(d is None or d == "" for d in descriptions):
+        return
+    if tuple(descriptions) != tuple(expected):
+        report(f"{where} describes its bands as {list(descriptions)} but {source} says {list(expected)}", checks)
 
 # %% ../../nbs/01a_data.base.ipynb #26e5a865
 Normalization = str | Mapping[str, Any] | bool | None

@@ -27,7 +27,7 @@ from fusionbook.data.io import (
     require_file,
     write_geotiff,
 )
-from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite, check_descriptions
 from .scene import SceneKnobs, simulate_scene
 from .spacenet7 import SPLITS as SPACENET7_SPLITS
 from .spacenet7 import _sub_seed, unit_scale_db
@@ -239,7 +239,11 @@ class SEN12GUM(FusionDataset):
                     raise DatasetError(f"unknown test AOI(s) {bad}; {site_dir / 'samples.json'} lists {sorted(known)}")
                 entries = [e for e in entries if e[0] in set(aois)]
         else:
-            entries = [(s["patch_id"], bool(s["is_labeled"]), float(s["img_weight"])) for s in meta["samples"]]
+            try:
+                entries = [(str(s["patch_id"]), bool(s["is_labeled"]), float(s["img_weight"])) for s in meta["samples"]]
+            except (TypeError, ValueError) as e:
+                raise DatasetError(f"{site_dir / 'samples.json'}: an 'img_weight' is not a number ({e}); "
+                                   "expected the built-up pixel count (or -1)") from e
         out = []
         needed = [("sentinel1", "s1"), ("sentinel2", "s2")]
         for sid, labeled, weight in entries:
@@ -283,9 +287,13 @@ class SEN12GUM(FusionDataset):
                      for m in layout.modalities)
         return DatasetModalities(self.modality_spec.dataset, {m.name: m for m in mods}).layout(layout.order)
 
-    def _read(self, name: str, path: Path, what: str, count: int, bands: list[int] | None, window) -> np.ndarray:
+    def _read(self, name: str, path: Path, what: str, count: int, bands: list[int] | None, window,
+              features: Sequence[str] = ()) -> np.ndarray:
         where = f"{what}: {path}"
         src = self.handles.open(path, what)
+        if features:
+            check_descriptions(src.descriptions, features, where, self.checks,
+                               f"{path.parents[1] / 'samples.json'}")
         raw = read_open(src, path, what=what, count=count, bands=bands, window=window, dtype=None)
         VALUE_SPECS[name].check_dtype(raw.dtype, where, self.checks)
         VALUE_SPECS[name].check_values(raw, where, self.checks)
@@ -305,11 +313,11 @@ class SEN12GUM(FusionDataset):
         if "s1" in self.modalities:
             idx = [s.s1_features.index(b) + 1 for b in S1_FEATURES]
             sample["s1"] = torch.from_numpy(self._read("s1", files["s1"], "SEN12_GUM Sentinel-1",
-                                                       len(s.s1_features), idx, window))
+                                                       len(s.s1_features), idx, window, s.s1_features))
         if "s2" in self.modalities:
             idx = [s.s2_features.index(b) + 1 for b in self.s2_bands]
             sample["s2"] = torch.from_numpy(self._read("s2", files["s2"], "SEN12_GUM Sentinel-2",
-                                                       len(s.s2_features), idx, window))
+                                                       len(s.s2_features), idx, window, s.s2_features))
         if s.is_labeled:
             y = self._read("mask", files["buildings"], "SEN12_GUM buildings", 1, None, window)
             mask = (y > 0).astype(np.float32)

@@ -146,8 +146,9 @@ def simulate(dataset: str, root: str | Path, n: int | None = None, seed: int = 0
     writer = _writer(dataset)
     _check_writer_kwargs(writer, extra)
     root = Path(root)
+    own = root / MANIFEST  # a writer may record its own details under the same name; an old record goes first
+    own.unlink(missing_ok=True)
     out = writer(root, None if n is None else int(n), int(seed), scene_knobs, **extra)
-    own = root / MANIFEST  # a writer may have recorded its own details under the same name
     details = json.loads(own.read_text()) if own.is_file() else {}
     record = manifest_record(dataset, seed=int(seed), n=details.get("n", n),
                              knobs=details.get("knobs", scene_knobs), writer_kwargs=extra,

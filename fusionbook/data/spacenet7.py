@@ -33,7 +33,7 @@ from fusionbook.data.io import (
     require_file,
     write_geotiff,
 )
-from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite
+from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite, check_descriptions
 from .scene import SceneKnobs, simulate_scene
 from ..modality import SPACENET7, DatasetModalities, Modality, StackLayout
 
@@ -368,8 +368,11 @@ class SpaceNet7S1S2(FusionDataset):
 
     def _read(self, name: str, path: Path, what: str, count: int, bands: list[int] | None, window) -> np.ndarray:
         where = f"{what}: {path}"
-        raw = read_open(self.handles.open(path, what), path, what=what, count=count, bands=bands, window=window,
-                        dtype=None)
+        src = self.handles.open(path, what)
+        if name != "mask":
+            check_descriptions(src.descriptions, S1_FILE_BANDS if name == "s1" else S2_FILE_BANDS, where,
+                               self.checks, "the SpaceNet7-S1S2 band order")
+        raw = read_open(src, path, what=what, count=count, bands=bands, window=window, dtype=None)
         VALUE_SPECS[name].check_dtype(raw.dtype, where, self.checks)
         VALUE_SPECS[name].check_values(raw, where, self.checks)
         if name == "mask":
