@@ -13,7 +13,7 @@ import torch
 # %% auto #0
 __all__ = ['S2_10', 'S1_BANDS', 'MAPINWILD', 'PAPER1_GROUPS', 'PAPER2_GROUPS', 'BEN_S2', 'BIGEARTHNET', 'SEN12GUM_MODALITIES',
            'PAPER4_S2_BANDS', 'SPACENET7', 'WORLDCOVER_LEGEND', 'DATASETS', 'Modality', 'Group', 'StackLayout',
-           'DatasetModalities', 'group', 'stack', 'Stack', 'dataset_modalities']
+           'DatasetModalities', 'group', 'stack', 'dataset_modalities']
 
 # %% ../nbs/00_modality.ipynb #5a9acc8f
 @dataclass(frozen=True)
@@ -157,19 +157,6 @@ def stack(sample: Mapping[str, torch.Tensor], order: Sequence[str], dim: int = 0
     return torch.cat([sample[m] for m in order], dim=dim)
 
 
-class Stack:
-    """Transform: add ``sample[key] = stack(sample, order)`` (per-modality tensors are kept)."""
-
-    def __init__(self, order: Sequence[str], key: str = "image", dim: int = 0):
-        self.order, self.key, self.dim = tuple(order), key, dim
-
-    def __call__(self, sample: dict) -> dict:
-        sample = dict(sample)
-        sample[self.key] = stack(sample, self.order, self.dim)
-        return sample
-
-    def __repr__(self) -> str:
-        return f"Stack(order={self.order}, key={self.key!r})"
 
 # %% ../nbs/00_modality.ipynb #a22daf89
 S2_10 = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")

@@ -1048,9 +1048,16 @@ def set_data_epoch(data: Any, epoch: int) -> None:
 
 def _train_step(s: _Setup, task: Any, batch: Any, grad_clip: float | None, where: str) -> dict[str, torch.Tensor]:
     "One optimisation step on ``batch``; returns its losses."
-    with _autocast(s.device, s.amp_dtype):
-        outputs = task.forward(s.train_model, batch)
-        losses = compute_losses(task, outputs, batch)
+    try:
+        with _autocast(s.device, s.amp_dtype):
+            outputs = task.forward(s.train_model, batch)
+            losses = compute_losses(task, outputs, batch)
+    except ValueError as e:
+        if "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise ValueError(f"batch normalisation got a single value per channel at {where}: the training batch "
+                         f"({batch_size_of(batch)} sample(s)) or the crop is too small for the model's depth; "
+                         "increase the parameter batch_size (≥ 2) or crop_size, or set drop_last") from None
     loss = losses["loss"]
     if not torch.isfinite(loss.detach()):
         raise FloatingPointError(f"training loss is {loss.item()} at {where}")

@@ -57,3 +57,31 @@ def test_pipeline_trains_and_fills_table1(run):
     again = p3.train_detectors(run, p3.train_variant(run, "multishot", seed), seed)
     rows2 = p3.evaluate_scenarios(base.model, again, {"clear": sets["clear"]}, batch_size=16)
     pd.testing.assert_frame_equal(rows[rows.scenario == "clear"].reset_index(drop=True), rows2)
+
+
+@pytest.mark.slow
+def test_paper_profile_dry_run(tmp_path):
+    """The paper's model sizes (ResNet-50 branches, 1000-unit head, 120×120 patches, paper detectors) for two
+    optimiser steps through the whole chapter, on full-size simulated patches given as data_root."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fusionbook.data import simulate
+    from fusionbook.results import read_results
+
+    root = simulate("bigearthnet", tmp_path / "ben", n=60, seed=0, composition_concentration=0.3)
+    nb = os.path.join(os.path.dirname(p3.__file__), "..", "chapters", "paper3.ipynb")
+    params = ["-p", "profile", "paper", "-p", "data_root", str(root), "-p", "max_steps", "2", "-p", "device", "cpu",
+              "-p", "num_workers", "0", "-p", "planted", "False", "-p", "out_dir", str(tmp_path / "out")]
+    res = subprocess.run([sys.executable, "-m", "papermill", nb, str(tmp_path / "out.ipynb"), *params,
+                          "--cwd", str(tmp_path)], capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    df = read_results(tmp_path / "out" / "results.json")
+    t1 = df[df["table"] == "Table 1"]
+    assert len(t1) > 0 and t1["reproduced"].notna().all()
+    assert df.attrs["provenance"]["profile"] == "paper"
+    done = [json.loads(p.read_text()) for p in (tmp_path / "out" / "checkpoints").rglob("done.json")]
+    assert {d["variant"] for d in done} == {"multishot", "baseline"}
+    assert all(d["summary"]["epochs_run"] == 1 for d in done)

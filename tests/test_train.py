@@ -572,3 +572,17 @@ def test_progress_goes_to_the_terminal_under_papermill(tmp_path):
     assert "stream is __stderr__: True" in page
     assert "train_loss=" not in page and "validate" not in page  # no progress bar on the page ...
     assert "train_loss=" in proc.stderr  # ... it went to the terminal
+
+
+def test_batchnorm_on_a_single_value_names_the_parameters():
+    "A batch (or crop) too small for batch normalisation stops with a message naming batch_size / crop_size."
+    from torch import nn
+
+    from fusionbook.train import DictDataset, Task, fit
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(4, 1))
+    data = DictDataset(image=torch.randn(3, 2, 8, 8), target=torch.randn(3, 1))
+    task = Task(loss=lambda out, batch: ((out - batch["target"]) ** 2).mean(), input_key="image")
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, task, data, epochs=1, batch_size=1, progress=False, device="cpu")
