@@ -26,11 +26,18 @@ from fusionbook.data.mapinwild import (
     simulate_mapinwild,
     true_color,
 )
-from fusionbook.modality import MAPINWILD, Stack
+from fusionbook.modality import MAPINWILD, stack
 
 SIZE = 32
 REAL_WC = (Path(__file__).resolve().parents[1] / "data" / "worldcover_saotome_1920px"
            / "worldcover_2020_saotome_1920px.tif")
+
+def Stack(order):
+    "The stacking step of these tests: ``sample['image'] = stack(sample, order)`` (per-modality tensors kept)."
+    def add_image(sample):
+        return {**sample, "image": stack(sample, tuple(order))}
+    return add_image
+
 
 
 def _arrays(i: int, size: int = SIZE) -> dict[str, np.ndarray]:

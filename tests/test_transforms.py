@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
-from fusionbook.modality import MAPINWILD, SEN12GUM_MODALITIES, Stack
+from fusionbook.modality import MAPINWILD, SEN12GUM_MODALITIES, stack
 from fusionbook.transforms import (
     SHARPNESS_KERNEL,
     Compose,
@@ -42,6 +42,13 @@ def coords(c: int, h: int, w: int, offset: float = 0.0) -> torch.Tensor:
     r = torch.arange(h, dtype=torch.float64).view(1, h, 1) * 1000
     q = torch.arange(w, dtype=torch.float64).view(1, 1, w)
     return r + q + 1e6 * torch.arange(c, dtype=torch.float64).view(c, 1, 1) + offset
+
+def Stack(order):
+    "The stacking step of these tests: ``sample['image'] = stack(sample, order)`` (per-modality tensors kept)."
+    def add_image(sample):
+        return {**sample, "image": stack(sample, tuple(order))}
+    return add_image
+
 
 
 def mapinwild_like(h: int = 8, w: int = 8) -> dict:
