@@ -1,0 +1,134 @@
+"""Cost of exact modality Shapley values (all 2^N coalitions in one chunked batched pass) on paper 2's U-Net.
+
+Compares, on the same model and batch (MapInWild, N = 4 groups S2, S1, WorldCover, VIIRS; zero occluder):
+
+* ``ours``   — ``modality_shapley``: the 2^N·B coalition inputs stacked and run in chunks of ``--chunk-size`` rows,
+  then one (B, 2^N) × (2^N, N) product;
+* ``plain``  — 2^N plain batched forward passes ``model(x)`` of the same batch (the floor: the model work alone).
+  Target (a): ours / plain ≤ 1.2;
+* ``captum`` — captum's ``ShapleyValues`` with its default settings (``perturbations_per_eval=1``: all N! orders,
+  one group switched on per forward pass, N·N! + 1 passes) with the layout's modality feature mask and the same
+  baseline. Target (b): captum / ours ≥ 5.
+
+Both give the same values (checked and printed). Times are wall-clock on whatever else runs on the machine;
+``ours`` and ``plain`` are interleaved so that load drift hits both alike. Example::
+
+    python benchmarks/bench_shapley.py --batch 4 --size 64 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from captum.attr import ShapleyValues
+
+from fusionbook.attribution.shapley import modality_shapley
+from fusionbook.modality import MAPINWILD
+
+
+def timeit(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+           device: torch.device) -> dict[str, list[float]]:
+    """Wall times (s) of each function; repeats are interleaved so that drift hits all functions alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync()
+            t = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4, help="batch size B")
+    p.add_argument("--size", type=int, default=64, help="crop size H = W (≥ 16)")
+    p.add_argument("--groups", default="s2,s1,worldcover,viirs", help="comma-separated disjoint MapInWild groups")
+    p.add_argument("--fill", default="zeros", help="occluder: zeros, ones or a number (captum needs the same)")
+    p.add_argument("--base-channels", type=int, default=64, help="U-Net width (64 = paper 2)")
+    p.add_argument("--chunk-size", type=int, default=None, help="rows per model call (default: all 2^N·B)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of ours and plain")
+    p.add_argument("--captum-repeats", type=int, default=1, help="timed repeats of captum")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from fusionbook.models import UNet
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    layout = MAPINWILD.layout()
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    n, n_coal = len(groups), 2 ** len(groups)
+    fill = {"zeros": 0.0, "ones": 1.0}.get(args.fill, None)
+    fill = float(args.fill) if fill is None else fill
+    model = UNet(layout.n_channels, 1, base_channels=args.base_channels).to(device).eval()
+    x = torch.randn(args.batch, layout.n_channels, args.size, args.size, device=device)
+    mask = layout.feature_mask(groups)[None, :, None, None].to(device)
+
+    def value(t: torch.Tensor) -> torch.Tensor:  # v = mean of the output map, (B,)
+        return model(t).mean((1, 2, 3))
+
+    def ours() -> torch.Tensor:
+        return modality_shapley(model, x, layout, groups, fill, chunk_size=args.chunk_size)
+
+    def plain() -> None:
+        for _ in range(n_coal):
+            model(x)
+
+    def captum() -> torch.Tensor:
+        a = ShapleyValues(value).attribute(x, baselines=fill, feature_mask=mask)
+        return a[:, [layout.indices(g)[0] for g in groups], 0, 0]
+
+    with torch.inference_mode():
+        times = timeit({"ours": ours, "plain": plain}, args.repeats, args.warmup, device)
+    with torch.no_grad():
+        t = time.perf_counter()
+        phi_captum = captum()
+        captum_times = [time.perf_counter() - t]
+        for _ in range(args.captum_repeats - 1):
+            t = time.perf_counter()
+            captum()
+            captum_times.append(time.perf_counter() - t)
+        phi_ours = ours()
+    diff = (phi_ours - phi_captum.to(phi_ours.dtype)).abs().max().item()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    med["captum"], best["captum"] = statistics.median(captum_times), min(captum_times)
+    ratio_a, ratio_a_min = med["ours"] / med["plain"], best["ours"] / best["plain"]
+    ratio_b, ratio_b_min = med["captum"] / med["ours"], best["captum"] / best["ours"]
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"UNet({layout.n_channels}->1, base_channels={args.base_channels}), batch {args.batch}x{layout.n_channels}x"
+          f"{args.size}x{args.size}, N={n} groups {groups}, baseline {args.fill!r}, {n_coal} coalitions, "
+          f"chunk_size {args.chunk_size or n_coal * args.batch}; {args.repeats} repeats (warm-up {args.warmup}), "
+          f"captum {args.captum_repeats}; median [min]")
+    print(f"ours: {n_coal}-coalition chunked pass      {med['ours']:8.3f} s [{best['ours']:.3f} s]")
+    print(f"plain: {n_coal} batched forward passes      {med['plain']:8.3f} s [{best['plain']:.3f} s]")
+    print(f"captum ShapleyValues (defaults)      {med['captum']:8.3f} s [{best['captum']:.3f} s]"
+          f"  ({n * __import__('math').factorial(n) + 1} forward passes)")
+    print(f"max |ours - captum| = {diff:.2e}")
+    print(f"(a) ours / plain   = {ratio_a:.3f} [{ratio_a_min:.3f}]  target <= 1.2: "
+          f"{'MET' if ratio_a <= 1.2 else 'NOT MET'}")
+    print(f"(b) captum / ours  = {ratio_b:.2f} [{ratio_b_min:.2f}]  target >= 5: "
+          f"{'MET' if ratio_b >= 5 else 'NOT MET'}")
+    return {"ours_s": med["ours"], "plain_s": med["plain"], "captum_s": med["captum"], "ratio_a": ratio_a,
+            "ratio_b": ratio_b, "max_abs_diff": diff}
+
+
+if __name__ == "__main__":
+    main()
