@@ -13,7 +13,7 @@ import torch
 # %% auto #0
 __all__ = ['S2_10', 'S1_BANDS', 'MAPINWILD', 'PAPER1_GROUPS', 'PAPER2_GROUPS', 'BEN_S2', 'BIGEARTHNET', 'SEN12GUM_MODALITIES',
            'PAPER4_S2_BANDS', 'SPACENET7', 'WORLDCOVER_LEGEND', 'DATASETS', 'Modality', 'Group', 'StackLayout',
-           'DatasetModalities', 'group', 'stack', 'dataset_modalities']
+           'DatasetModalities', 'group', 'stack', 'modality_channels', 'split_modalities', 'dataset_modalities']
 
 # %% ../nbs/00_modality.ipynb #5a9acc8f
 @dataclass(frozen=True)
@@ -157,6 +157,58 @@ def stack(sample: Mapping[str, torch.Tensor], order: Sequence[str], dim: int = 0
     return torch.cat([sample[m] for m in order], dim=dim)
 
 
+
+# %% ../nbs/00_modality.ipynb #5b7403ce
+def modality_channels(layout: StackLayout, modality: str) -> list[int]:
+    "Indices of the channels of ``modality`` in the stack described by ``layout``, in band order."
+    idx = [i for i, (m, _) in enumerate(layout.channels) if m == modality]
+    if not idx:
+        raise KeyError(f"modality {modality!r} is not in the stack {layout.order}")
+    return idx
+
+# %% ../nbs/00_modality.ipynb #ba67eae0
+def split_modalities(
+    x: torch.Tensor | Mapping[str, torch.Tensor],
+    layout: StackLayout,
+    names: Sequence[str] | None = None,
+    what: str = "input",
+) -> dict[str, torch.Tensor]:
+    """``{name: (B, C_name, H, W)}`` for ``names`` (None: every modality of ``layout``, in order); inverts `stack`.
+
+    ``x`` is a stacked batch (B, C, H, W) split by ``layout`` or a dict ``{name: (B, C_name, H, W)}`` checked
+    against it (other keys are ignored).  Errors start with ``what``, e.g. the name of the model."""
+    if isinstance(names, str):
+        raise TypeError(f"{what}: names must be a sequence of modality names, got the string {names!r}")
+    names = tuple(layout.order if names is None else names)
+    chans = {}
+    for n in names:
+        try:
+            chans[n] = modality_channels(layout, n)
+        except KeyError as e:
+            raise KeyError(f"{what}: {e.args[0]}") from None
+    if isinstance(x, Mapping):
+        absent = [n for n in names if n not in x]
+        if absent:
+            raise KeyError(f"{what}: input dict has no modality {absent}; it has {sorted(map(str, x))}")
+        out = {n: x[n] for n in names}
+        for n, t in out.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{what}: modality {n!r} must be (B, {len(chans[n])}, H, W), got {type(t).__name__}")
+            if t.ndim != 4 or t.shape[1] != len(chans[n]):
+                raise ValueError(f"{what}: modality {n!r} must be (B, {len(chans[n])}, H, W), got {tuple(t.shape)}")
+    elif isinstance(x, torch.Tensor):
+        if x.ndim != 4 or x.shape[1] != layout.n_channels:
+            raise ValueError(
+                f"{what}: stacked input must be (B, {layout.n_channels}, H, W) for the layout {layout.order}, "
+                f"got {tuple(x.shape)}"
+            )
+        out = {n: x[:, idx] for n, idx in chans.items()}
+    else:
+        raise TypeError(f"{what}: input must be a (B, C, H, W) tensor or a dict of modalities, got {type(x).__name__}")
+    shapes = {n: (t.shape[0], *t.shape[2:]) for n, t in out.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{what}: modalities differ in batch or spatial size (B, H, W): {shapes}")
+    return out
 
 # %% ../nbs/00_modality.ipynb #a22daf89
 S2_10 = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")

@@ -11,49 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modality import BIGEARTHNET, StackLayout, stack
+from ..modality import BIGEARTHNET, StackLayout, modality_channels, split_modalities, stack
 from .resnet import ResNetBranch
 
 # %% auto #0
-__all__ = ['MULTISHOT', 'MULTISHOT_WEIGHTS', 'squash', 'modality_channels', 'split_modalities', 'MultishotFusionNet',
-           'split_multishot', 'multishot_losses', 'multishot_loss', 'EarlyFusionResNet']
+__all__ = ['MULTISHOT', 'MULTISHOT_WEIGHTS', 'squash', 'MultishotFusionNet', 'split_multishot', 'multishot_losses',
+           'multishot_loss', 'EarlyFusionResNet']
 
 # %% ../../nbs/42_models.fusion.ipynb #8c760de2
 def squash(x: torch.Tensor) -> torch.Tensor:
     "Paper 3's σ(x) = 2·(sigmoid(x) − 0.5) = tanh(x / 2), element-wise into (−1, 1); any shape."
     return torch.tanh(x / 2)
-
-# %% ../../nbs/42_models.fusion.ipynb #72e79345
-def modality_channels(layout: StackLayout, modality: str) -> list[int]:
-    "Indices of the channels of ``modality`` in the stack described by ``layout``."
-    idx = [i for i, (m, _) in enumerate(layout.channels) if m == modality]
-    if not idx:
-        raise KeyError(f"modality {modality!r} is not in the stack {layout.order}")
-    return idx
-
-
-def split_modalities(
-    x: torch.Tensor | Mapping[str, torch.Tensor], layout: StackLayout, names: tuple[str, ...]
-) -> list[torch.Tensor]:
-    """The tensors of modalities ``names`` from a stacked batch (B, C, H, W) or a dict {name: (B, C_m, H, W)}."""
-    sizes = {n: len(modality_channels(layout, n)) for n in names}
-    if isinstance(x, Mapping):
-        missing = [n for n in names if n not in x]
-        if missing:
-            raise KeyError(f"input dict has no modality {missing}; it has {sorted(x)}")
-        out = [x[n] for n in names]
-    elif isinstance(x, torch.Tensor):
-        if x.ndim != 4 or x.shape[1] != layout.n_channels:
-            raise ValueError(
-                f"input x must be (B, {layout.n_channels}, H, W) stacked as {layout.order}, got {tuple(x.shape)}"
-            )
-        out = [x[:, modality_channels(layout, n)] for n in names]
-    else:
-        raise TypeError(f"input must be a tensor or a dict of tensors, got {type(x).__name__}")
-    for n, t in zip(names, out):
-        if t.ndim != 4 or t.shape[1] != sizes[n]:
-            raise ValueError(f"modality {n!r} must be (B, {sizes[n]}, H, W), got {tuple(t.shape)}")
-    return out
 
 # %% ../../nbs/42_models.fusion.ipynb #54dd2c11
 MULTISHOT = (("fuse", 1.0, 1.0), ("sar", 1.0, 0.0), ("opt", 0.0, 1.0))
@@ -106,7 +74,9 @@ class MultishotFusionNet(nn.Module):
 
     def branch_features(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         "Raw (unsquashed) layer-4 maps (f_SAR, f_opt), each (B, F, ⌈H/32⌉, ⌈W/32⌉)."
-        x_sar, x_opt = split_modalities(x, self.layout, self.names)
+        sar, opt = self.names
+        d = split_modalities(x, self.layout, self.names, type(self).__name__)
+        x_sar, x_opt = d[sar], d[opt]
         return self.sar_branch(x_sar), self.opt_branch(x_opt)
 
     def fuse(self, f_sar: torch.Tensor, f_opt: torch.Tensor, lam_sar: float | torch.Tensor = 1.0,

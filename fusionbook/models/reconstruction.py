@@ -12,13 +12,13 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import power_jaccard_loss
-from ..modality import SPACENET7, StackLayout
+from ..modality import SPACENET7, StackLayout, split_modalities
 from .blocks import OutConv
 from .unet import HafnerUNet
 
 # %% auto #0
-__all__ = ['PAPER5_TOPOLOGY', 'PHI', 'MISSING_KEY', 'split_modalities', 'missing_flags', 'UNetS1', 'DualStreamUNet',
-           'ReconstructionUNet', 'reconstruction_loss', 'ReconstructionLoss']
+__all__ = ['PAPER5_TOPOLOGY', 'PHI', 'MISSING_KEY', 'missing_flags', 'UNetS1', 'DualStreamUNet', 'ReconstructionUNet',
+           'reconstruction_loss', 'ReconstructionLoss']
 
 # %% ../../nbs/46_models.reconstruction.ipynb #1f7f7048
 PAPER5_TOPOLOGY: tuple[int, ...] = (64, 128, 256, 512)
@@ -27,44 +27,6 @@ PHI: float = 1e-2
 "Weight φ of the feature-similarity term (paper 5, §2.3)."
 MISSING_KEY = "missing_optical"
 "Key of the per-sample missing-optical flag in a SpaceNet7-S1S2 sample or batch."
-
-
-def split_modalities(
-    x: Tensor | Mapping[str, Tensor],
-    layout: StackLayout | None = None,
-    names: Sequence[str] = ("s1", "s2"),
-    model: str = "model",
-) -> dict[str, Tensor]:
-    """``{name: (B, C_name, H, W)}`` from a stacked ``x`` (B, C, H, W) split by ``layout`` or from a dict.
-
-    ``layout`` defaults to SpaceNet7-S1S2's (S1 then S2); dict inputs are returned as given (checked)."""
-    if isinstance(x, Mapping):
-        absent = [n for n in names if n not in x]
-        if absent:
-            raise KeyError(f"{model}: input dict has no modality {absent}; it has {sorted(map(str, x))}")
-        out = {n: x[n] for n in names}
-    elif isinstance(x, Tensor):
-        layout = SPACENET7.layout() if layout is None else layout
-        if x.ndim != 4 or x.shape[1] != layout.n_channels:
-            raise ValueError(
-                f"{model}: stacked input must be (B, {layout.n_channels}, H, W) for the layout {layout.order}, "
-                f"got {tuple(x.shape)}"
-            )
-        out = {}
-        for n in names:
-            idx = [i for i, (m, _) in enumerate(layout.channels) if m == n]
-            if not idx:
-                raise KeyError(f"{model}: the layout {layout.order} has no modality {n!r}")
-            out[n] = x[:, idx]
-    else:
-        raise TypeError(f"{model}: input must be a (B, C, H, W) tensor or a dict of modalities, got {type(x).__name__}")
-    for n, t in out.items():
-        if not isinstance(t, Tensor) or t.ndim != 4:
-            raise ValueError(f"{model}: modality {n!r} must be a (B, C, H, W) tensor, got {getattr(t, 'shape', t)!r}")
-    shapes = {n: (t.shape[0], *t.shape[2:]) for n, t in out.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(f"{model}: modalities differ in batch or spatial size: {shapes}")
-    return out
 
 # %% ../../nbs/46_models.reconstruction.ipynb #b8681c90
 def missing_flags(
@@ -103,12 +65,13 @@ class UNetS1(nn.Module):
 
     def forward(self, x: Tensor | Mapping[str, Tensor], missing: Tensor | Sequence[bool] | None = None,
                 layout: StackLayout | None = None) -> Tensor:
-        s1 = split_modalities(x, layout or self.layout, ("s1",), "UNetS1")["s1"]
+        s1 = split_modalities(x, layout or self.layout or SPACENET7.layout(), ("s1",), "UNetS1")["s1"]
         return self.net(s1)
 
     def encode(self, x: Tensor | Mapping[str, Tensor], missing=None, layout: StackLayout | None = None) -> Tensor:
         """Bottleneck of the S1 U-Net, (B, topology[-1], ⌊H/2**n⌋, ⌊W/2**n⌋) (``missing`` is ignored)."""
-        return self.net.encode(split_modalities(x, layout or self.layout, ("s1",), "UNetS1")["s1"])
+        s1 = split_modalities(x, layout or self.layout or SPACENET7.layout(), ("s1",), "UNetS1")["s1"]
+        return self.net.encode(s1)
 
 # %% ../../nbs/46_models.reconstruction.ipynb #7fd0f931
 class DualStreamUNet(nn.Module):
@@ -130,7 +93,7 @@ class DualStreamUNet(nn.Module):
                layout: StackLayout | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(x_s1 (B, 2, H, W), x_s2 (B, 4, H, W), missing (B,) bool)`` from either input form."""
         name = type(self).__name__
-        parts = split_modalities(x, layout or self.layout, ("s1", "s2"), name)
+        parts = split_modalities(x, layout or self.layout or SPACENET7.layout(), ("s1", "s2"), name)
         s1, s2 = parts["s1"], parts["s2"]
         return s1, s2, _missing_of(x, missing, s1.shape[0], s1.device, name)
 
