@@ -38,6 +38,7 @@ CHAPTERS: dict[str, str] = {
     "paper3": "Paper 3 — distribution-shift-aware SAR–optical fusion (BigEarthNet-MM multi-label)",
     "paper4": "Paper 4 — SAR/optical utilization imbalance (MMTM, conditional utilization rates, SEN12_GUM)",
     "paper5": "Paper 5 — feature reconstruction for a partly missing optical modality (SpaceNet7-S1S2)",
+    "crossmethod": "Which modality matters? — every modality-attribution method against one planted truth",
 }
 "Known chapters and a one-line description, in book order."
 

@@ -352,3 +352,19 @@ def test_dataset_shapley_checks_the_stacking_and_overlaps():
         df = dataset_shapley(model, [{"image": x, "layout": names}], LAYOUT, GROUPS4, progress=False,
                              reduce=lambda y: y.amax((1, 2, 3)))
     assert df.attrs["reduce"] == "<lambda>" and len(df) == 2
+
+
+def test_benchmark_runs_and_agrees_with_captum(capsys):
+    """The benchmark script on a tiny U-Net: it runs, prints both targets and our values equal captum's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_shapley.py"
+    spec = importlib.util.spec_from_file_location("bench_shapley", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--batch", "2", "--size", "16", "--base-channels", "4", "--rounds", "1", "--captum-rounds", "1",
+                      "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "(a) ours / plain" in out and "(b) captum / ours" in out
+    assert res["max_abs_diff"] < 1e-5 and res["ratio_a"] > 0 and res["ratio_b"] > 0
