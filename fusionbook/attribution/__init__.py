@@ -8,7 +8,9 @@ __all__ = ['GAUSSIAN', 'OCCLUDERS', 'ONES', 'UNIFORM', 'ZEROS', 'ConstantFill', 
            'embedding_l2', 'mean_influence', 'modality_occlusion_passes', 'occlude', 'occluded_chunks', 'occluder_name',
            'output_occlusion', 'influence_scores', 'dataset_scores', 'CutOffModel', 'cut_off_scores',
            'UtilizationRates', 'utilization_rates', 'conditional_utilization_rate', 'utilization_imbalance',
-           'rank_agreement', 'method_ranks', 'rank_consistency']
+           'rank_agreement', 'method_ranks', 'rank_consistency', 'modality_shapley', 'dataset_shapley',
+           'coalition_values', 'shapley_from_values', 'shapley_weights', 'coalitions', 'check_disjoint',
+           'SHAPLEY_MAX_GROUPS']
 
 # %% ../../nbs/21_attribution.ipynb #c640af33
 from fusionbook.attribution.occlusion import (  # noqa: F401 (re-exports, listed in _all_)
@@ -46,6 +48,14 @@ from .utilization import utilization_imbalance as utilization_imbalance
 from .compare import rank_agreement as rank_agreement
 from .compare import method_ranks as method_ranks
 from .compare import rank_consistency as rank_consistency
+from .shapley import modality_shapley as modality_shapley
+from .shapley import dataset_shapley as dataset_shapley
+from .shapley import coalition_values as coalition_values
+from .shapley import shapley_from_values as shapley_from_values
+from .shapley import shapley_weights as shapley_weights
+from .shapley import coalitions as coalitions
+from .shapley import check_disjoint as check_disjoint
+from .shapley import SHAPLEY_MAX_GROUPS as SHAPLEY_MAX_GROUPS
 
 _all_ = [
     "GAUSSIAN", "OCCLUDERS", "ONES", "UNIFORM", "ZEROS", "ConstantFill", "Fill", "GaussianNoise", "MeanFill",
@@ -63,4 +73,12 @@ _all_ = [
     "rank_agreement",
     "method_ranks",
     "rank_consistency",
+    "modality_shapley",
+    "dataset_shapley",
+    "coalition_values",
+    "shapley_from_values",
+    "shapley_weights",
+    "coalitions",
+    "check_disjoint",
+    "SHAPLEY_MAX_GROUPS",
 ]
