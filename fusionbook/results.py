@@ -226,7 +226,8 @@ def profile_table(profiles: Mapping[str, Any], only_differences: bool = False) -
 
 
 def check_profile(cfg: Any, expected: Mapping[str, Any], *, rel_tol: float = 1e-9, what: str = "profile") -> None:
-    """Raise ``AssertionError`` listing every field of ``cfg`` that differs from ``expected`` (e.g. the spec)."""
+    """Raise ``AssertionError`` listing every field of ``cfg`` that differs from ``expected`` (e.g. a paper's
+    published settings)."""
     problems = []
     for key, want in expected.items():
         if not hasattr(cfg, key):

@@ -11,7 +11,7 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-# ---------------------------------------------------------------- parameter counts (spec §7.1)
+# ---------------------------------------------------------------- parameter counts (the papers' models)
 
 
 @pytest.mark.parametrize("c, expected", [(14, 17_273_729), (10, 17_271_425), (2, 17_266_817), (1, 17_266_241)])
@@ -49,7 +49,7 @@ def test_two_branch_totals():
     assert (r50, r18) == (51_150_164, 23_415_124)
 
 
-# ---------------------------------------------------------------- shapes (spec §7.2)
+# ---------------------------------------------------------------- shapes (the papers' tensor shapes)
 
 
 @pytest.fixture(scope="module")

@@ -396,7 +396,8 @@ def test_resume_restores_dataset_and_transform_generators(common, tmp_path):
 
 
 def test_paper5_early_stopping_rule(common):
-    """Spec §7.3: the authors' "patience 10" stops at the 11th consecutive epoch without improvement = patience=11."""
+    """Paper 5 (authors' code SebastianHafner/MissingModality @ f0b1764, `_p10` configs): "patience 10" stops
+    at the 11th consecutive epoch without improvement = patience=11."""
     model = common["make_model"](0)
     res = fit(model, common["task"](), common["data"](16, 1), common["data"](8, 2), epochs=30, batch_size=8, lr=1e-12,
               patience=11, max_steps_per_epoch=1, progress=False, monitor="val_f1", mode="max")
