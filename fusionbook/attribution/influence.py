@@ -11,13 +11,12 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fusionbook.attribution.occlusion import (
     Fill,
     _check_groups,
-    _split_batch,
     check_batch,
+    dataset_attribution,
     occlude,
     occluded_chunks,
     occluder_name,
@@ -109,18 +108,9 @@ def dataset_scores(
 ) -> pd.DataFrame:
     """Per-sample influence scores over ``loader`` (model in eval mode): DataFrame ``[id_key, *groups]``."""
     groups = _check_groups(layout, groups)
-    was_training = model.training
-    model.to(device).eval()
-    rows: list[list] = []
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="influence scores", disable=not progress):
-                x, ids, channels = _split_batch(batch, image_key, id_key, len(rows))
-                s = influence_scores(model, x.to(device), layout, groups, fill, chunk_size=chunk_size,
-                                     channels=channels)
-                rows += [[i, *v] for i, v in zip(ids, s.float().cpu().tolist())]
-    finally:
-        model.train(was_training)
-    df = pd.DataFrame(rows, columns=[id_key, *groups])
-    df.attrs.update(groups=list(groups), fill=occluder_name(fill), id_key=id_key)
-    return df
+
+    def scores(x: torch.Tensor, channels: Sequence[str] | None) -> torch.Tensor:
+        return influence_scores(model, x, layout, groups, fill, chunk_size=chunk_size, channels=channels).float()
+
+    return dataset_attribution(scores, model, loader, groups, device, image_key=image_key, id_key=id_key,
+                               progress=progress, desc="influence scores", fill=occluder_name(fill))

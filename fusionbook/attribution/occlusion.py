@@ -13,15 +13,15 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..modality import StackLayout
+from ..train import progress_bar
 
 # %% auto #0
 __all__ = ['ZEROS', 'ONES', 'UNIFORM', 'GAUSSIAN', 'OCCLUDERS', 'Fill', 'Occluder', 'ConstantFill', 'UniformNoise',
            'GaussianNoise', 'MeanFill', 'as_occluder', 'occluder_name', 'check_batch', 'channel_index', 'occlude',
            'ModalityOccluder', 'modality_occlusion_passes', 'embedding_l2', 'occluded_chunks', 'embedding_distance',
-           'dataset_influence', 'mean_influence', 'output_occlusion']
+           'dataset_attribution', 'dataset_influence', 'mean_influence', 'output_occlusion']
 
 # %% ../../nbs/20_attribution.occlusion.ipynb #a9c799c5
 class Occluder:
@@ -391,6 +391,38 @@ def _split_batch(batch, image_key: str, id_key: str, start: int) -> tuple[torch.
     return x, ids, channels
 
 
+def dataset_attribution(
+    attribute: Callable[[torch.Tensor, Sequence[str] | None], torch.Tensor],
+    model: nn.Module,
+    loader: Iterable,
+    groups: Sequence[str],
+    device: str | torch.device = "cpu",
+    *,
+    image_key: str = "image",
+    id_key: str = "id",
+    progress: bool = True,
+    desc: str = "attribution",
+    **attrs: Any,
+) -> pd.DataFrame:
+    """Per-sample attributions over ``loader``: ``attribute(x, channels) -> (B, N)`` on every batch (``channels``:
+    the batch's channel names, checked by the method), with ``model`` in eval and inference mode (restored
+    afterwards).  A DataFrame ``[id_key, *groups]``; ``df.attrs`` holds ``groups``, ``id_key`` and ``attrs``."""
+    was_training = model.training
+    model.to(device).eval()
+    rows: list[list] = []
+    try:
+        with torch.inference_mode():
+            for batch in progress_bar(loader, desc=desc, enabled=progress):
+                x, ids, channels = _split_batch(batch, image_key, id_key, len(rows))
+                a = attribute(x.to(device), channels)
+                rows += [[i, *v] for i, v in zip(ids, a.detach().cpu().tolist())]
+    finally:
+        model.train(was_training)
+    df = pd.DataFrame(rows, columns=[id_key, *groups])
+    df.attrs.update(groups=list(groups), id_key=id_key, **attrs)
+    return df
+
+
 def dataset_influence(
     model: nn.Module,
     loader: Iterable,
@@ -407,21 +439,14 @@ def dataset_influence(
 ) -> pd.DataFrame:
     """Per-sample embedding distances over ``loader``: a DataFrame with columns ``[id_key, *groups]``."""
     groups = _check_groups(layout, groups)
-    was_training = model.training
-    model.to(device).eval()
-    rows: list[list] = []
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc=f"influence ({occluder_name(fill)})", disable=not progress):
-                x, ids, channels = _split_batch(batch, image_key, id_key, len(rows))
-                d = embedding_distance(model, x.to(device), layout, groups, fill,
-                                       generator=generator, chunk_size=chunk_size, channels=channels)
-                rows += [[i, *v] for i, v in zip(ids, d.cpu().tolist())]
-    finally:
-        model.train(was_training)
-    df = pd.DataFrame(rows, columns=[id_key, *groups])
-    df.attrs.update(groups=list(groups), fill=occluder_name(fill), id_key=id_key)
-    return df
+
+    def distance(x: torch.Tensor, channels: Sequence[str] | None) -> torch.Tensor:
+        return embedding_distance(model, x, layout, groups, fill, generator=generator, chunk_size=chunk_size,
+                                  channels=channels)
+
+    return dataset_attribution(distance, model, loader, groups, device, image_key=image_key, id_key=id_key,
+                               progress=progress, desc=f"influence ({occluder_name(fill)})",
+                               fill=occluder_name(fill))
 
 
 def mean_influence(df: pd.DataFrame) -> pd.Series:

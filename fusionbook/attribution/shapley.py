@@ -12,16 +12,15 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from fusionbook.attribution.occlusion import (
     Fill,
     _check_groups,
     _group_fills,
     _reduce,
-    _split_batch,
     _warn_if_training,
     check_batch,
+    dataset_attribution,
     occluder_name,
 )
 from ..modality import StackLayout
@@ -201,19 +200,11 @@ def dataset_shapley(
 
     ``df.attrs``: ``groups``, ``fill`` (the baseline's name), ``reduce``, ``id_key``, ``method='shapley'``."""
     groups = check_disjoint(layout, groups)
-    was_training = model.training
-    model.to(device).eval()
-    rows: list[list] = []
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc=f"Shapley ({occluder_name(fill)})", disable=not progress):
-                x, ids, channels = _split_batch(batch, image_key, id_key, len(rows))
-                phi = modality_shapley(model, x.to(device), layout, groups, fill, reduce,
-                                       generator=generator, chunk_size=chunk_size, channels=channels)
-                rows += [[i, *p] for i, p in zip(ids, phi.cpu().tolist())]
-    finally:
-        model.train(was_training)
-    df = pd.DataFrame(rows, columns=[id_key, *groups])
-    df.attrs.update(groups=list(groups), fill=occluder_name(fill), reduce=_reduce_name(reduce), id_key=id_key,
-                    method="shapley")
-    return df
+
+    def shapley(x: torch.Tensor, channels: Sequence[str] | None) -> torch.Tensor:
+        return modality_shapley(model, x, layout, groups, fill, reduce, generator=generator, chunk_size=chunk_size,
+                                channels=channels)
+
+    return dataset_attribution(shapley, model, loader, groups, device, image_key=image_key, id_key=id_key,
+                               progress=progress, desc=f"Shapley ({occluder_name(fill)})", fill=occluder_name(fill),
+                               reduce=_reduce_name(reduce), method="shapley")
