@@ -204,8 +204,22 @@ def run_chapter(name: str, profile: str = "smoke", data_root: str | os.PathLike 
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    _hide_injected_parameters(tmp)
     os.replace(tmp, final)
     return final
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell``: the book does not show this run's absolute paths
+    (Jupyter still shows the cell)."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
 
 # %% ../nbs/30_cli.ipynb #2d49a5b1
 def strip_directives(nb: dict) -> dict:
