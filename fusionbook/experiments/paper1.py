@@ -27,7 +27,7 @@ from fusionbook.experiments.recipe import (
     DataSource,
     ExperimentConfig,
     Run,
-    Trained,
+    Trained, root_of,
     fit_limits,
     simulated_data,
     train_or_load,
@@ -178,16 +178,13 @@ def simulation(cfg: Paper1Config, **knobs: Any) -> dict[str, Any]:
             "splits": tuple(cfg.split), **knobs}
 
 
-def _root(data: DataSource | str | os.PathLike) -> Path:
-    return data.root if isinstance(data, DataSource) else Path(data)
-
 
 def load_split(cfg: Paper1Config, data: DataSource | str | os.PathLike, split: str,
                modalities: Sequence[str] = MODALITIES, *, train: bool | None = None, seed: int = 0) -> MapInWild:
     """MapInWild ``split`` with random crops of ``cfg.crop_size`` (fixed crops outside training), stacked."""
     mods = tuple(m for m in MODALITIES if m in modalities)
     train = split == "train" if train is None else train
-    ds = MapInWild(_root(data), split=split, modalities=mods, target="mask", season=cfg.season,
+    ds = MapInWild(root_of(data), split=split, modalities=mods, target="mask", season=cfg.season,
                    crop_size=cfg.crop_size, crop="random",
                    seed=(cfg.crop_seed + 7919 * (seed + 1)) if train else cfg.crop_seed,
                    nan_policy="zero", crop_seeding="index")

@@ -23,7 +23,8 @@ from ..models.fusion import MULTISHOT_WEIGHTS, EarlyFusionResNet, MultishotFusio
 from ..ood import OODAwareFusion, OODDetector, branch_feature_size, train_ood_detector
 from ..train import Task, evaluate, fit, load_checkpoint, save_checkpoint
 from .planted import ShuffledTargets
-from .recipe import DataSource, ExperimentConfig, Run, Trained, fit_limits, train_or_load
+from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, root_of,
+                                           train_or_load)
 
 # %% auto #0
 __all__ = ['CITATION', 'METHODS', 'SCENARIOS', 'PUBLISHED_TABLE1', 'PROFILES', 'PAPER_SPEC', 'CLASS_SETS', 'LAYOUT',
@@ -179,10 +180,6 @@ class PrepareSample:
         return f"PrepareSample(crop_size={self.crop_size})"
 
 
-def _root(data: DataSource | str | os.PathLike) -> Path:
-    return data.root if isinstance(data, DataSource) else Path(data)
-
-
 class InMemory(Dataset):
     "``dataset`` whose items are read once and then served from memory (for small data sets)."
 
@@ -215,13 +212,13 @@ def load_split(cfg: Paper3Config, data: DataSource | str | os.PathLike, split: s
     if classes not in CLASS_SETS:
         raise ValueError(f"classes={classes!r}; valid class sets: {', '.join(CLASS_SETS)}")
     if cfg.in_memory:
-        key = (str(_root(data)), split, classes, flags, cfg.crop_size)
+        key = (str(root_of(data)), split, classes, flags, cfg.crop_size)
         if key not in _MEMORY:
             _MEMORY[key] = InMemory(load_split(cfg.replace(in_memory=False), data, split, classes, flags))
         return _MEMORY[key]
     if flags not in ("clear", "cloud", "snow", "any"):
         raise ValueError(f"flags={flags!r}; valid: 'clear', 'cloud', 'snow', 'any'")
-    ds = BigEarthNetMM(_root(data), split=split, version="auto", classes=CLASS_SETS[classes],
+    ds = BigEarthNetMM(root_of(data), split=split, version="auto", classes=CLASS_SETS[classes],
                        exclude=("cloud", "snow") if flags == "clear" else (), normalize=True,
                        transforms=PrepareSample(cfg.crop_size))
     if flags in ("cloud", "snow"):

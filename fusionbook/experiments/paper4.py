@@ -28,7 +28,7 @@ from ..train import Task, evaluate, fit
 from ..transforms import paper45_augmentations
 from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means
 from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, jobs,
-                                          simulated_data, train_or_load, training_flops)
+                                          root_of, simulated_data, train_or_load, training_flops)
 
 # %% auto #0
 __all__ = ['PROFILES', 'PAPER_SPEC', 'CITATION', 'CODE', 'OUTPUTS', 'PUBLISHED_TABLE1', 'PUBLISHED_CUR', 'MODALITIES', 'LABELS',
@@ -141,10 +141,6 @@ def simulation(cfg: Paper4Config, **knobs: Any) -> dict[str, Any]:
             "test_aois": cfg.sim_test_aois, **knobs}
 
 
-def _root(data: DataSource | str | Path) -> Path:
-    return data.root if isinstance(data, DataSource) else Path(data)
-
-
 def load_split(cfg: Paper4Config, data: DataSource | str | Path, split: str, *, train: bool | None = None,
                seed: int = 0, modalities: Sequence[str] = ("s1", "s2")) -> SEN12GUM:
     """SEN12_GUM ``split`` with paper 4's bands: items ``{'s1' (2,h,w), 's2' (4,h,w), 'mask' (1,h,w), …}``.
@@ -152,7 +148,7 @@ def load_split(cfg: Paper4Config, data: DataSource | str | Path, split: str, *, 
     ``train`` (default ``split == 'train'``) adds the flips and rotations, seeded by ``seed``."""
     train = split == "train" if train is None else train
     tf = paper45_augmentations(seed=10_000 + int(seed)) if train and cfg.augment else None
-    return SEN12GUM(_root(data), split, s2_bands=PAPER4_S2_BANDS, modalities=tuple(modalities), transforms=tf)
+    return SEN12GUM(root_of(data), split, s2_bands=PAPER4_S2_BANDS, modalities=tuple(modalities), transforms=tf)
 
 # %% ../../nbs/54_experiments.paper4.ipynb #a6d5d25c
 MODALITIES: tuple[str, ...] = ("s1", "s2")
