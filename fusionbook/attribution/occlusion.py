@@ -20,8 +20,8 @@ from ..train import progress_bar
 # %% auto #0
 __all__ = ['ZEROS', 'ONES', 'UNIFORM', 'GAUSSIAN', 'OCCLUDERS', 'Fill', 'Occluder', 'ConstantFill', 'UniformNoise',
            'GaussianNoise', 'MeanFill', 'as_occluder', 'occluder_name', 'check_batch', 'channel_index', 'occlude',
-           'ModalityOccluder', 'modality_occlusion_passes', 'embedding_l2', 'occluded_chunks', 'embedding_distance',
-           'dataset_attribution', 'dataset_influence', 'mean_influence', 'output_occlusion']
+           'ModalityOccluder', 'modality_occlusion_passes', 'embedding_l2', 'check_chunk_size', 'occluded_chunks',
+           'embedding_distance', 'dataset_attribution', 'dataset_influence', 'mean_influence', 'output_occlusion']
 
 # %% ../../nbs/20_attribution.occlusion.ipynb #a9c799c5
 class Occluder:
@@ -298,6 +298,12 @@ def _group_fills(
     return out
 
 
+def check_chunk_size(chunk_size: int | None) -> None:
+    "``chunk_size`` (rows per model call) must be a positive int or None; a clear ``ValueError`` otherwise."
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
 def occluded_chunks(
     x: torch.Tensor,
     layout: StackLayout,
@@ -314,8 +320,7 @@ def occluded_chunks(
     check_batch(x, layout, "batch")
     groups = _check_groups(layout, groups)
     B, N = x.shape[0], len(groups)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     fills = _group_fills(x, layout, groups, fill, generator)
     rows = torch.arange(N * B, device=x.device)
     for r in rows.split(chunk_size or N * B):

@@ -20,6 +20,7 @@ from fusionbook.attribution.occlusion import (
     _reduce,
     _warn_if_training,
     check_batch,
+    check_chunk_size,
     dataset_attribution,
     occluder_name,
 )
@@ -107,8 +108,7 @@ def coalition_chunks(
     replaced by ``fill``; at most ``chunk_size`` rows per chunk (default: B, the batch size that already fits)."""
     check_batch(x, layout, "batch")
     groups = check_disjoint(layout, groups)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     B, N = x.shape[0], len(groups)
     absent = x.clone()  # every group occluded, ungrouped channels kept
     keep = torch.ones(2**N, x.shape[1], dtype=torch.bool, device=x.device)  # (2^N, C): channel kept in coalition
