@@ -157,3 +157,64 @@ def test_costs_table_recommendation_and_rows(grid_run):
     assert (rows["config"] == run.digest).all()
     fig = cm.plot_methods(table)
     assert len(fig.axes) == 2
+
+
+def _task_models():
+    "One small model per task of the book, with the layout and the groups its input is stacked in."
+    from fusionbook.models.fusion import EarlyFusionResNet
+    from fusionbook.models.mmtm import DualStreamUNetMMTM, paper4_layout
+    from fusionbook.models.resnet_unet import ResNetUNet
+
+    torch.manual_seed(0)
+    lay = MAPINWILD.layout(MOD)
+    return {
+        "regression": (p2.build_model(p2.PROFILES["smoke"].replace(base_channels=4), 14), lay, MOD, 32),
+        "segmentation": (ResNetUNet(14, 1, encoder_depth=18), lay, MOD, 32),
+        "multi-label": (EarlyFusionResNet(lay, num_classes=5, depth=18), lay, MOD, 32),
+        "segmentation, no encode": (DualStreamUNetMMTM(topology=(8, 16)), paper4_layout(), ("s1", "s2"), 16),
+    }
+
+
+@pytest.mark.parametrize("task", ["regression", "segmentation", "multi-label"])
+def test_every_method_runs_on_the_tasks_it_claims(task):
+    model, lay, groups, size = _task_models()[task]
+    model.eval()
+    x = torch.randn(2, lay.n_channels, size, size)
+    probe = cm.Probe(lay, tuple(groups), torch.zeros(lay.n_channels), svs_samples=2, seed=0)
+    for m in cm.METHODS.values():
+        assert task in m.tasks, m.name
+        a = cm.attribute(m, model, x, probe)
+        assert a.shape == (2, len(groups)) and torch.isfinite(a).all(), m.name
+
+
+def test_embedding_distance_names_the_missing_encoder():
+    model, lay, groups, size = _task_models()["segmentation, no encode"]
+    x = torch.randn(2, lay.n_channels, size, size)
+    probe = cm.Probe(lay, tuple(groups), torch.zeros(lay.n_channels), svs_samples=2, seed=0)
+    for m in cm.METHODS.values():
+        if "encode" in m.requires:
+            with pytest.raises(TypeError, match="encode"):
+                cm.attribute(m, model.eval(), x, probe)
+        else:
+            assert cm.attribute(m, model.eval(), x, probe).shape == (2, 2), m.name
+
+
+def test_faithfulness_of_the_grid(grid_run):
+    run, task, log, settings, verdicts, scores = grid_run
+    none = cm.faithfulness_table(task, run.cfg, settings, verdicts.assign(learned=False), scores)[0]
+    assert none.empty  # only the cases whose model passed the gate are scored
+    # the tiny models need not pass the gate: score every case to exercise the whole chain
+    rows, curves = cm.faithfulness_table(task, run.cfg, settings, verdicts.assign(learned=True), scores)
+    assert len(rows.drop_duplicates(["setting", "seed"])) == len(settings) * len(run.cfg.planted_seeds)
+    assert set(rows["ranking"]) == set(scores.loc[scores["model"] == "trained", "method"]) | {"null model"}
+    f = rows["faithfulness"].dropna()
+    assert (f <= 1 + 1e-9).all()
+    # every curve of a case starts at the clean MAE and ends with every modality occluded
+    for _, c in curves.groupby(["setting", "seed"]):
+        ends = c.groupby("ranking")["mae"].agg(["first", "last"])
+        np.testing.assert_allclose(ends["first"], ends["first"].iloc[0], rtol=1e-6)
+        np.testing.assert_allclose(ends["last"], ends["last"].iloc[0], rtol=1e-6)
+    costs = pd.DataFrame([{"method": m, "forward_passes": 1.0, "seconds": 0.1} for m in cm.METHODS])
+    table = cm.method_table(verdicts, scores, costs, faithful=rows)
+    assert {"faithfulness", "faithfulness_sd", "tasks", "requires"} <= set(table.columns)
+    assert len(cm.plot_deletion(curves).axes) == 1

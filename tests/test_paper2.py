@@ -19,7 +19,8 @@ from fusionbook.experiments.recipe import Run, resolve
 from fusionbook.results import check_profile, read_results
 
 TINY = dict(base_channels=4, crop_size=16, sim_tiles=10, sim_tile_size=32, batch_size=2, epochs=1,
-            eval_batch_size=4, planted_tiles=10, seeds=(0,), planted_seeds=(0,), planted_epochs=1)
+            eval_batch_size=4, planted_tiles=10, seeds=(0,), planted_seeds=(0,), planted_epochs=1,
+            planted_crop_size=16)
 
 
 def test_unknown_profile_and_key_list_valid_ones():

@@ -14,7 +14,8 @@ from fusionbook.experiments import paper2 as p2
 from fusionbook.experiments.recipe import Run
 from fusionbook.results import FolderInUseError, read_results
 
-TINY = dict(base_channels=4, crop_size=16, sim_tiles=6, sim_tile_size=32, batch_size=2, epochs=1, seeds=(0,))
+TINY = dict(base_channels=4, crop_size=16, sim_tiles=6, sim_tile_size=32, batch_size=2, epochs=1, seeds=(0,),
+            planted_crop_size=16)
 
 
 def _start(out, **over):

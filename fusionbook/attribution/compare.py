@@ -5,14 +5,24 @@
 # %% ../../nbs/22_attribution.compare.ipynb #a1533588
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
+from torch import nn
+
+from ..modality import StackLayout
+from .occlusion import Fill
+from .shapley import coalition_chunks, coalitions
+
 
 # %% auto #0
-__all__ = ['rank_agreement', 'method_ranks', 'rank_consistency']
+__all__ = ['rank_agreement', 'method_ranks', 'rank_consistency', 'subset_scores', 'deletion_curve', 'random_deletion_curve',
+           'deletion_area', 'faithfulness']
 
 # %% ../../nbs/22_attribution.compare.ipynb #3bf90d20
 def rank_agreement(a: Mapping[str, float] | pd.Series, b: Mapping[str, float] | pd.Series) -> dict[str, float]:
@@ -69,3 +79,59 @@ def rank_consistency(ranks: pd.DataFrame, reference: str | None = None) -> dict[
             "top": {f: r.idxmin() for f, r in ranks.iterrows()},
             "order": {f: list(r.sort_values(kind="stable").index) for f, r in ranks.iterrows()},
             "changes": {f: c for f, c in changes.items() if c}}
+
+# %% ../../nbs/22_attribution.compare.ipynb #d1c10a3b
+@torch.no_grad()
+def subset_scores(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, layout: StackLayout,
+                  groups: Sequence[str], fill: Fill, score: Callable[[torch.Tensor], float]
+                  ) -> dict[frozenset[str], float]:
+    """``score(model(x with the groups of S occluded by fill))`` for every subset S of ``groups``.
+
+    ``x`` (B, C, H, W) is one batch (the 2^N occluded copies go through the model one batch at a time);
+    ``score`` maps the model output for the whole batch to a number (e.g. the MAE against the batch's target)."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    member = coalitions(len(groups)).bool()
+    out: dict[frozenset[str], float] = {}
+    for xs, cid, _ in coalition_chunks(x, layout, groups, fill, chunk_size=x.shape[0]):
+        kept = member[int(cid[0])]
+        out[frozenset(g for g, k in zip(groups, kept.tolist()) if not k)] = float(score(model(xs)))
+    return out
+
+# %% ../../nbs/22_attribution.compare.ipynb #7ddcb68f
+def deletion_curve(scores: Mapping[frozenset[str], float], order: Sequence[str]) -> np.ndarray:
+    "(N+1,) scores after occluding the first k groups of ``order`` (most important first), k = 0 … N."
+    return np.array([scores[frozenset(order[:k])] for k in range(len(order) + 1)], dtype=float)
+
+
+def random_deletion_curve(scores: Mapping[frozenset[str], float], groups: Sequence[str]) -> np.ndarray:
+    "(N+1,) expected deletion curve of a uniformly random ranking: the mean score over the subsets of size k."
+    return np.array([np.mean([scores[frozenset(c)] for c in itertools.combinations(groups, k)])
+                     for k in range(len(groups) + 1)], dtype=float)
+
+
+def deletion_area(curve: np.ndarray) -> float:
+    "Mean of the curve strictly between clean (k = 0) and all occluded (k = N), the part a ranking can change."
+    curve = np.asarray(curve, dtype=float)
+    if len(curve) < 3:
+        raise ValueError(f"deletion_area needs N ≥ 2 groups (a curve of ≥ 3 points), got {len(curve)} points")
+    return float(curve[1:-1].mean())
+
+# %% ../../nbs/22_attribution.compare.ipynb #67ecd5d4
+def faithfulness(scores: Mapping[frozenset[str], float], order: Sequence[str], *,
+                 larger_is_damage: bool = True) -> dict[str, Any]:
+    """Normalised deletion area F of the ranking ``order`` (1 = the most damaging order, 0 = random, < 0 = worse
+    than random) with its ``curve``, the ``random`` and ``best`` curves and the ``best_order``.
+
+    ``larger_is_damage``: the score grows when the model is hurt (an error); False for F1, accuracy….  F is NaN
+    when no order differs from random (every subset of a size scores alike)."""
+    order = list(order)
+    sign = 1.0 if larger_is_damage else -1.0
+    area = {p: sign * deletion_area(deletion_curve(scores, p)) for p in itertools.permutations(order)}
+    best = max(area, key=area.get)
+    rnd = random_deletion_curve(scores, order)
+    a_rnd = sign * deletion_area(rnd)
+    span = area[best] - a_rnd
+    f = (area[tuple(order)] - a_rnd) / span if span > 1e-12 * max(1.0, abs(a_rnd)) else float("nan")
+    return {"faithfulness": float(f), "curve": deletion_curve(scores, order), "random": rnd,
+            "best": deletion_curve(scores, best), "best_order": list(best)}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..attribution import MeanFill, embedding_distance, output_occlusion
-from ..attribution.compare import rank_agreement
+from ..attribution.compare import faithfulness, rank_agreement, subset_scores
 from . import paper2 as p2
 from .planted import PlantedSetting, PlantedTask, channel_means, kendall_tau
 from .planted import planted_settings as pt_settings
@@ -27,9 +27,10 @@ from .recipe import DataSource, Run, Trained, training_flops
 from ..modality import MAPINWILD, StackLayout
 
 # %% auto #0
-__all__ = ['PROFILES', 'METHODS', 'REFERENCES', 'CrossMethodConfig', 'setting_name', 'grid', 'simulation', 'Probe', 'Method',
-           'mean_output', 'per_group', 'attribute', 'importance', 'crossmethod_task', 'method_costs', 'oracle_cost',
-           'method_table', 'recommend', 'plot_methods']
+__all__ = ['PROFILES', 'TASKS', 'METHODS', 'REFERENCES', 'CrossMethodConfig', 'setting_name', 'grid', 'simulation', 'Probe',
+           'Method', 'mean_output', 'per_group', 'attribute', 'importance', 'crossmethod_task', 'method_costs',
+           'oracle_cost', 'method_table', 'recommend', 'deletion_scores', 'faithfulness_table', 'plot_deletion',
+           'plot_methods']
 
 # %% ../../nbs/60_experiments.crossmethod.ipynb #459a6392
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class Probe:
         raise ValueError(f"captum methods support the fills 'zeros' and 'mean', got {fill!r}")
 
 
+TASKS: tuple[str, ...] = ("segmentation", "regression", "multi-label")
+"The book's tasks: segmentation (papers 1, 4, 5), regression (paper 2), multi-label classification (paper 3)."
+
+
 @dataclass(frozen=True)
 class Method:
     """A modality-attribution method: ``attribute(model, x (B, C, H, W), probe) -> (B, N)``."""
@@ -134,6 +139,8 @@ class Method:
     source: str  # the implementation: fusionbook or captum
     attribute: Callable[[nn.Module, torch.Tensor, Probe], torch.Tensor]
     needs_retraining: bool = False
+    tasks: tuple[str, ...] = TASKS  # the tasks it runs on (tested on one model of each)
+    requires: str = "the model's output only"  # what it needs from the model
 
 
 def mean_output(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -184,8 +191,8 @@ def _captum(kind: str, fill: str):
 def _methods() -> dict[str, Method]:
     out = [Method(f"output occlusion ({f})", "output occlusion", f, "fusionbook", _occlusion(f))
            for f in p2.PLANTED_FILLS]
-    out += [Method(f"embedding distance ({f})", "embedding distance", f, "fusionbook", _distance(f))
-            for f in p2.PLANTED_FILLS]
+    out += [Method(f"embedding distance ({f})", "embedding distance", f, "fusionbook", _distance(f),
+                   requires="an `encode(x)` method (the encoder's embedding)") for f in p2.PLANTED_FILLS]
     if importlib.util.find_spec("fusionbook.attribution.shapley") is not None:
         out += [Method(f"exact Shapley ({f})", "Shapley", f, "fusionbook", _shapley(f)) for f in p2.PLANTED_FILLS]
     out += [Method("captum FeatureAblation (zeros)", "output occlusion", "zeros", "captum",
@@ -344,11 +351,18 @@ def _spearman(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 
 
 def method_table(verdicts: pd.DataFrame, scores: pd.DataFrame, costs: pd.DataFrame,
-                 methods: Mapping[str, Method] | None = None) -> pd.DataFrame:
+                 methods: Mapping[str, Method] | None = None, faithful: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per method (and the reference rows): τ with the oracle, knob agreement (trained, null), seed
-    stability, randomisation ρ, cost (forward passes, seconds), needs retraining.  ``verdicts``, ``scores``:
-    from `planted.run_planted`; ``costs``: `method_costs` rows plus a ``'retrain oracle'`` row."""
+    stability, randomisation ρ, faithfulness (mean ± sd), cost (forward passes, seconds), needs retraining, the
+    tasks it runs on.  ``verdicts``, ``scores``: from `planted.run_planted`; ``costs``: `method_costs` rows plus a
+    ``'retrain oracle'`` row; ``faithful``: `faithfulness_table` rows (optional)."""
     methods = dict(METHODS if methods is None else methods)
+    ff = faithful if faithful is not None else pd.DataFrame(columns=["ranking", "faithfulness"])
+
+    def faith(name: str) -> dict[str, float]:
+        f, sd, _ = _mean_sd(ff.loc[ff["ranking"] == name, "faithfulness"])
+        return {"faithfulness": f, "faithfulness_sd": sd}
+
     tr = verdicts[verdicts["model"] == "trained"]
     ok = set(map(tuple, tr.loc[tr["learned"], ["setting", "seed"]].drop_duplicates().itertuples(index=False)))
     cost = costs.set_index("method")
@@ -370,7 +384,8 @@ def method_table(verdicts: pd.DataFrame, scores: pd.DataFrame, costs: pd.DataFra
                      "randomisation_rho_sd": r_sd,
                      "forward_passes": float(cost.loc[name, "forward_passes"]) if name in cost.index else np.nan,
                      "seconds": float(cost.loc[name, "seconds"]) if name in cost.index else np.nan,
-                     "needs_retraining": bool(m.needs_retraining) if m else False, "reference": False})
+                     "needs_retraining": bool(m.needs_retraining) if m else False, "reference": False,
+                     "tasks": ", ".join(m.tasks) if m else "", "requires": m.requires if m else "", **faith(name)})
     first = tr.drop_duplicates(["setting", "seed"])
     learned_first = first[first["learned"]]
     wo = _wide(scores, "retrain oracle", "trained")
@@ -384,7 +399,8 @@ def method_table(verdicts: pd.DataFrame, scores: pd.DataFrame, costs: pd.DataFra
                  "forward_passes": float(cost.loc["retrain oracle", "forward_passes"]) if "retrain oracle" in
                  cost.index else np.nan,
                  "seconds": float(cost.loc["retrain oracle", "seconds"]) if "retrain oracle" in cost.index else np.nan,
-                 "needs_retraining": True, "reference": True})
+                 "needs_retraining": True, "reference": True, "tasks": ", ".join(TASKS),
+                 "requires": "retraining without each modality", **faith("retrain oracle")})
     nul = verdicts[verdicts["model"] == "null"]
     nul_ok = nul[[tuple(k) in ok for k in nul[["setting", "seed"]].itertuples(index=False)]]
     tau, tau_sd, n = _mean_sd(nul_ok["tau_oracle"])
@@ -393,7 +409,8 @@ def method_table(verdicts: pd.DataFrame, scores: pd.DataFrame, costs: pd.DataFra
                  "knob_agreement": float(nul["recovered"].mean()) if len(nul) else np.nan,
                  "knob_agreement_null": np.nan, "seed_stability": np.nan, "seed_stability_sd": np.nan,
                  "randomisation_rho": np.nan, "randomisation_rho_sd": np.nan, "forward_passes": np.nan,
-                 "seconds": np.nan, "needs_retraining": False, "reference": True})
+                 "seconds": np.nan, "needs_retraining": False, "reference": True, "tasks": "",
+                 "requires": "", **faith("null model")})
     return pd.DataFrame(rows)
 
 # %% ../../nbs/60_experiments.crossmethod.ipynb #e9664bbb
@@ -413,6 +430,83 @@ def recommend(table: pd.DataFrame, rho_max: float = 0.5) -> dict[str, Any]:
             "cheapest_tau": float(near.iloc[0]["tau_oracle"]),
             "cheapest_passes": float(near.iloc[0]["forward_passes"]), "fails_randomisation": fails,
             "rho_max": rho_max}
+
+# %% ../../nbs/60_experiments.crossmethod.ipynb #86322b15
+def deletion_scores(task: PlantedTask, cfg: p2.Paper2Config, setting: PlantedSetting, seed: int,
+                    device: str | torch.device = "cpu") -> dict[frozenset[str], float]:
+    """Test MAE of the trained model of (``setting``, ``seed``) with every subset of the modalities occluded by the
+    training-set channel means (the model is read back from its checkpoint): ``{occluded subset: MAE}``."""
+    pc = p2.planted_config(cfg)
+    d = task.data(setting)
+    model = task.train(d, tuple(p2.MODALITIES), int(seed), False).model.to(device).eval()
+    test = p2.load_split(pc, d, "test")
+    x = torch.stack([test[i]["image"] for i in range(len(test))]).to(device)
+    y = torch.stack([test[i]["target"] for i in range(len(test))]).to(device)
+    ok = torch.isfinite(y)
+    means = channel_means(p2.load_split(pc, d, "train", train=False))
+    return subset_scores(model, x, MAPINWILD.layout(p2.MODALITIES), p2.MODALITIES, MeanFill(means),
+                         lambda out: float((out - y)[ok].abs().mean()))
+
+
+def _order(imp: Mapping[str, float]) -> list[str]:
+    return sorted(imp, key=lambda m: -imp[m])
+
+
+def faithfulness_table(task: PlantedTask, cfg: p2.Paper2Config, settings: Sequence[PlantedSetting],
+                       verdicts: pd.DataFrame, scores: pd.DataFrame, device: str | torch.device = "cpu"
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Faithfulness of every method's ranking (and the oracle's, and the null model's) on the learned cases.
+
+    Returns ``(rows, curves)``: rows ``setting, seed, ranking, order, faithfulness`` (ranking ``'null model'``:
+    each method's ranking on the null model); curves ``setting, seed, ranking, k, mae`` (k = modalities
+    occluded), with the ``'random'`` and ``'best order'`` reference curves."""
+    tr = verdicts[(verdicts["model"] == "trained") & verdicts["learned"]]
+    cases = tr[["setting", "seed"]].drop_duplicates().itertuples(index=False)
+    by_name = {s.name: s for s in settings}
+    rows, curves = [], []
+    for setting, seed in cases:
+        table = deletion_scores(task, cfg, by_name[setting], int(seed), device)
+        sc = scores[(scores["setting"] == setting) & (scores["seed"] == seed)]
+        rankings = [(m, "trained", m) for m in pd.unique(sc.loc[sc["model"] == "trained", "method"])]
+        rankings += [("null model", "null", m) for m in pd.unique(sc.loc[sc["model"] == "null", "method"])]
+        ref = None
+        for label, model, method in rankings:
+            s = sc[(sc["model"] == model) & (sc["method"] == method)]
+            order = _order(dict(zip(s["modality"], s["importance"])))
+            f = faithfulness(table, order)
+            rows.append({"setting": setting, "seed": int(seed), "ranking": label, "method": method,
+                         "order": " > ".join(order), "faithfulness": f["faithfulness"]})
+            if model == "trained":
+                curves += [{"setting": setting, "seed": int(seed), "ranking": label, "k": k, "mae": v}
+                           for k, v in enumerate(f["curve"])]
+            ref = f
+        if ref is not None:
+            for label, c in (("random order", ref["random"]), ("best order", ref["best"])):
+                curves += [{"setting": setting, "seed": int(seed), "ranking": label, "k": k, "mae": v}
+                           for k, v in enumerate(c)]
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+# %% ../../nbs/60_experiments.crossmethod.ipynb #cfe104be
+def plot_deletion(curves: pd.DataFrame, rankings: Sequence[str] | None = None, height: float = 3.4):
+    """Mean deletion curves (MAE rise normalised per case: 0 = clean, 1 = every modality occluded) ± sd over the
+    cases, one line per ranking plus the random and best orders; returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    c = curves.copy()
+    span = c.groupby(["setting", "seed"])["mae"].agg(["first", "last"])
+    c = c.join(span, on=["setting", "seed"])
+    c["normalised rise"] = (c["mae"] - c["first"]) / (c["last"] - c["first"]).where(lambda v: v.abs() > 1e-12)
+    keep = list(rankings) if rankings is not None else list(pd.unique(c["ranking"]))
+    c = c[c["ranking"].isin(keep + ["random order", "best order"])]
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    sns.lineplot(c, x="k", y="normalised rise", hue="ranking", style="ranking", errorbar="sd", ax=ax,
+                 markers=True, dashes=True, palette="tab10")
+    ax.set(xlabel="modalities occluded, most important first (mean fill)",
+           ylabel="test-MAE rise (0 = clean, 1 = all occluded)", xticks=sorted(pd.unique(c["k"])))
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 # %% ../../nbs/60_experiments.crossmethod.ipynb #0e700d4b
 def plot_methods(table: pd.DataFrame, height: float = 3.6):
