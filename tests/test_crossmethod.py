@@ -89,8 +89,7 @@ def test_profiles_use_paper2_planted_recipe_and_say_what_the_grid_is():
     for name in ("planted_epochs", "planted_crop_size", "planted_lr", "planted_tiles", "base_channels"):
         assert getattr(smoke, name) == getattr(p2.PROFILES["smoke"], name)
         assert getattr(paper, name) == getattr(p2.PROFILES["paper"], name)
-    assert [s.name for s in cm.grid(smoke)] == ["s2 @ 1", "s1 @ 1", "worldcover @ 1", "viirs @ 1", "s2 @ 0.5",
-                                                "s1 @ 0.5"]
+    assert [s.name for s in cm.grid(smoke)] == ["s2 @ 1", "s1 @ 1", "worldcover @ 1", "viirs @ 1", "s1 @ 0.5"]
     assert len(cm.grid(paper)) == 8 and len(smoke.planted_seeds) == 2
 
 
