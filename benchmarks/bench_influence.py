@@ -127,9 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
     print("ratios (time median | FLOPs):")
     for k, (t, f) in res.items():
         print(f"  {k:16s} {t:7.3f} | {f:7.3f}")
-    r, sp = res["ours/floor"][0], res["authors/ours"][0]
-    print(f"ours within 10% of the floor 1 + {n}x{share_t:.3f} = {floor_t:.2f}: {'PASS' if r <= 1.10 else 'FAIL'} "
-          f"({r:.3f}); authors' pattern / ours = {sp:.2f}x (>= 1.5x: {'PASS' if sp >= 1.5 else 'FAIL'})")
+    print("targets (wall = median time | FLOPs), one run, same batch:")
+    for key, label, ok in (("ours/floor", "ours / floor   <= 1.10", lambda v: v <= 1.10),
+                           ("authors/ours", "authors / ours >= 1.50", lambda v: v >= 1.5)):
+        t, f = res[key]
+        print(f"  {label}: wall {t:6.3f} {'PASS' if ok(t) else 'FAIL'} | FLOPs {f:6.3f} {'PASS' if ok(f) else 'FAIL'}")
+    extra = (fl["authors"] - fl["ours"]) / n / fl["clean"]
+    print(f"  in FLOPs the authors' pattern adds to ours only N forward passes of decoder + score encoder + head "
+          f"({extra:.3f} clean steps each): the occluded passes' masks are discarded, so their backward reaches only "
+          f"encoder and head, as ours.  Every term scales with B x S^2, so the FLOP ratio "
+          f"{res['authors/ours'][1]:.2f} is fixed by the architecture; the wall ratio also reflects how fast this "
+          f"device runs the full-resolution decoder layers.")
     print("published (Table 2, A100, 1024x1024, batch 16): framework / plain = 1.38x per epoch, 3.63x per batch")
     return {"median": med, "min": best, "flops": fl, "ratios": res}
 

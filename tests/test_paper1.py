@@ -4,8 +4,10 @@ read-back, Table 2 timing and floor, Fig. 2 scores, the planted-truth task, and 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ from fusionbook.experiments.recipe import Run, resolve
 from fusionbook.results import check_profile, read_results
 
 TINY = dict(crop_size=32, sim_tiles=10, sim_tile_size=32, batch_size=2, epochs=1, eval_batch_size=4,
-            planted_tiles=10, seeds=(0,), planted_seeds=(0,), planted_epochs=1, timing_steps=1)
+            planted_tiles=10, seeds=(0,), planted_seeds=(0,), planted_epochs=1, planted_batch_size=2, timing_steps=1)
 
 
 def test_profiles_and_overrides():
@@ -86,26 +88,49 @@ def test_fig2_scores(run, trained):
 
 def test_planted_truth_end_to_end(run):
     task = p1.planted_task(run)
-    verdicts, scores = pt.run_planted(task, p1.planted_settings()[:1], (0,), progress=False)
+    assert (task.metric, task.lower_is_better) == ("accuracy", False)
+    setting = p1.planted_settings(run.cfg)[0]
+    assert dict(setting.knobs) == {"informative": "viirs,worldcover:0.5", **dict(run.cfg.planted_scene)}
+    verdicts, scores = pt.run_planted(task, [setting], (0,), progress=False)
     assert set(verdicts["model"]) == {"trained", "null"} and (verdicts["planted"] == "viirs").all()
+    assert (verdicts["baseline"] >= 0.5).all() and verdicts["occlusion_top"].isin(p1.MODALITIES).all()
     imp = scores[scores["method"] == "influence score"]
     assert set(imp["modality"]) == set(p1.MODALITIES) and imp["importance"].between(0, 1).all()
+    occ = scores[scores["method"] == "output occlusion"].set_index("modality")["importance"]
+    assert set(occ.index) == set(p1.MODALITIES) and occ.between(-1, 1).all()
+    # the oracle is the accuracy lost under test-time occlusion: recomputed directly
+    trained = task.train(task.data(setting), p1.MODALITIES, 0, False)
+    again = p1.occlusion_drop(trained.model, p1.planted_config(run.cfg), task.data(setting))
+    assert again == pytest.approx(occ.to_dict())
 
 
 @pytest.mark.slow
 def test_paper_profile_dry_run(tmp_path):
     """The paper's model and 1024-px crops for one optimiser step on full-size simulated tiles (batch reduced to
-    1 for CPU memory; the occluded copies of a batch of 16 need a GPU)."""
+    1 for CPU memory; the occluded copies of a batch of 16 need a GPU).  Prints the wall time, the peak memory of
+    the run and the estimated GPU memory of a training step at batch 1 (checked against it) and at batch 16."""
     root = simulate("mapinwild", tmp_path / "mapinwild", n=10, seed=0, tile_size=1920, seasons=("summer",),
                     splits=(0.8, 0.1, 0.1))
     nb = os.path.join(os.path.dirname(p1.__file__), "..", "chapters", "paper1.ipynb")
     params = ["-p", "profile", "paper", "-p", "data_root", str(root), "-p", "max_steps", "1", "-p", "device", "cpu",
               "-p", "num_workers", "0", "-p", "planted", "False", "-p", "batch_size", "1", "-p", "out_dir",
               str(tmp_path / "out")]
+    t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "papermill", nb, str(tmp_path / "out.ipynb"), *params,
                           "--cwd", str(tmp_path)], capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9  # the largest child process
     assert res.returncode == 0, res.stderr[-3000:]
     df = read_results(tmp_path / "out" / "results.json")
     t1 = df[df["table"] == "Table 1"]
     assert set(t1["setting"]) == set(p1.VARIANTS) and t1["reproduced"].notna().all()
     assert pd.notna(df.attrs["provenance"]["wall_time_s"])
+    paper = p1.PROFILES["paper"]
+    est1 = {v: p1.training_memory_gb(paper, v, 1)["total_gb"] for v in p1.VARIANTS}
+    est16 = {v: p1.training_memory_gb(paper, v, 16)["total_gb"] for v in p1.VARIANTS}
+    print(f"\npaper-profile dry run (crop {paper.crop_size}, batch 1, one step per model, CPU): {wall:.0f} s wall, "
+          f"peak memory {peak_gb:.1f} GB; estimated training-step memory at batch 1: framework "
+          f"{est1['framework']:.1f} GB, plain {est1['plain']:.1f} GB; extrapolated GPU memory at the paper's "
+          f"batch 16: framework {est16['framework']:.0f} GB, plain {est16['plain']:.0f} GB (fp32)")
+    # the estimate is an upper bound of what a batch-1 step needed (a CPU process also holds data and libraries)
+    assert est1["framework"] > 0.5 * (peak_gb - 1.5)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import statistics
 import time
@@ -21,14 +22,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..attribution.influence import dataset_scores
+from ..attribution.occlusion import MeanFill, occlude
 from ..data.mapinwild import MapInWild
-from .planted import PlantedSetting, PlantedTask, ShuffledTargets
+from ..data.scene import SceneKnobs
+from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means
 from fusionbook.experiments.recipe import (
     DataSource,
     ExperimentConfig,
     Run,
-    Trained, root_of,
+    Trained,
     fit_limits,
+    root_of,
     simulated_data,
     train_or_load,
     training_flops,
@@ -44,7 +48,8 @@ __all__ = ['PROFILES', 'PAPER_SPEC', 'CITATION', 'AUTHORS_CODE', 'VARIANTS', 'MO
            'PUBLISHED_TABLE2', 'PLANTED', 'Paper1Config', 'published_overheads', 'simulation', 'load_split',
            'groups_for', 'build_model', 'logits_of', 'bce_loss', 'update_metrics', 'make_task', 'train_variant',
            'record_table1', 'time_steps', 'step_costs', 'influence_frame', 'plot_scores', 'planted_settings',
-           'all_positive_iou', 'planted_task', 'paper_flops_per_sample', 'training_memory_gb']
+           'planted_config', 'majority_accuracy', 'occlusion_drop', 'planted_task', 'paper_flops_per_sample',
+           'training_memory_gb']
 
 # %% ../../nbs/50_experiments.paper1.ipynb #ce252064
 @dataclass(frozen=True)
@@ -80,16 +85,24 @@ class Paper1Config(ExperimentConfig):
     sim_seed: int = 0
     sim_tiles: int = 100
     sim_tile_size: int = 1920
-    # planted truth
+    # planted truth (always on simulated data); None = the value of the field without `planted_`
     planted_seeds: tuple[int, ...] = (0, 1)
     planted_tiles: int = 100
-    planted_epochs: int | None = None  # None = `epochs`
-    planted_margin: float = 0.1
-    planted_oracle: bool = True  # retrain leave-one-out models as the oracle
+    planted_tile_size: int | None = None
+    planted_crop_size: int | None = None
+    planted_batch_size: int | None = None
+    planted_epochs: int | None = None
+    planted_lr: float | None = None  # scales every learning rate of the cyclical schedule by planted_lr / lr
+    # scene knobs of every planted setting: protected areas sized to the crops, and enough built-up land that
+    # the landscape tells where they are (with the default knobs no modality predicts the mask at small crops)
+    planted_scene: tuple[tuple[str, float], ...] = (
+        ("structure_scale", 0.25), ("urban_fraction", 0.3), ("protected_fraction", 0.5))
+    planted_margin: float = 0.1  # learning gate: pixel-accuracy gain over the majority class ≥ margin
+    planted_oracle: bool = True  # retrain leave-one-modality-out models as the oracle
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ExperimentConfig.OPERATIONAL + (
         "timing_steps", "sim_seed", "sim_tiles", "sim_tile_size", "planted_seeds", "planted_tiles",
-        "planted_margin", "planted_oracle")
+        "planted_tile_size", "planted_scene", "planted_margin", "planted_oracle")
 
     def validate(self) -> None:
         super().validate()
@@ -97,16 +110,25 @@ class Paper1Config(ExperimentConfig):
                      "planted_tiles"):
             if getattr(self, name) < 1:
                 self.fail(name, "≥ 1")
+        for name in ("planted_batch_size", "planted_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                self.fail(name, "None or ≥ 1")
         if self.encoder_depth not in (18, 34, 50):
             self.fail("encoder_depth", "18, 34 or 50")
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             self.fail("decoder_channels", "five positive widths")
         if self.crop_size < 32 or self.crop_size % 32:
             self.fail("crop_size", "a multiple of 32 (encoder depth 5), ≥ 32")
+        if self.planted_crop_size is not None and (self.planted_crop_size < 32 or self.planted_crop_size % 32):
+            self.fail("planted_crop_size", "None or a multiple of 32, ≥ 32")
         if self.sim_tile_size < self.crop_size:
             self.fail("sim_tile_size", f"≥ crop_size = {self.crop_size}")
+        if (self.planted_tile_size or self.sim_tile_size) < (self.planted_crop_size or self.crop_size):
+            self.fail("planted_tile_size", "None or ≥ the planted crop size")
         if not (self.lr > 0 and 0 < self.cyclic_base_lr <= self.cyclic_max_lr):
             self.fail("cyclic_base_lr", "> 0 and ≤ cyclic_max_lr (and lr > 0)")
+        if self.planted_lr is not None and not self.planted_lr > 0:
+            self.fail("planted_lr", "None or > 0")
         bad = [g for g in self.groups if g not in MAPINWILD.layout().group_names()]
         if not self.groups or bad or len(set(self.groups)) != len(self.groups):
             self.fail("groups", "distinct MapInWild group names")
@@ -115,12 +137,17 @@ class Paper1Config(ExperimentConfig):
             self.fail("chunk_size", "None, 'pass' or a positive int")
         if self.patience is not None and self.patience < 1:
             self.fail("patience", "None or ≥ 1")
-        if self.planted_epochs is not None and self.planted_epochs < 1:
-            self.fail("planted_epochs", "None or ≥ 1")
         if len(self.split) != 3 or min(self.split) <= 0 or abs(sum(self.split) - 1) > 1e-9:
             self.fail("split", "three positive fractions (train, validation, test) summing to 1")
         if not self.planted_seeds or len(set(self.planted_seeds)) != len(self.planted_seeds):
             self.fail("planted_seeds", "a non-empty tuple of distinct ints")
+        try:
+            SceneKnobs.from_dict(dict(self.planted_scene))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{type(self).__name__}.planted_scene must be (knob, value) pairs of valid scene "
+                             f"knobs, got {self.planted_scene!r}: {e}") from None
+        if "informative" in dict(self.planted_scene):
+            self.fail("planted_scene", "scene knobs other than 'informative' (the settings set it)")
         if not 0 <= self.planted_margin < 1:
             self.fail("planted_margin", "in [0, 1)")
 
@@ -128,10 +155,11 @@ class Paper1Config(ExperimentConfig):
 PROFILES: dict[str, Paper1Config] = {
     "paper": Paper1Config(),
     "smoke": Paper1Config(
-        profile="smoke", seeds=(0,), num_workers=0, threads=2, eval_batch_size=8, encoder_depth=18,
+        profile="smoke", seeds=(0,), num_workers=0, threads=1, eval_batch_size=32, encoder_depth=18,
         decoder_channels=(32, 16, 16, 8, 8), score_channels=8, lr=1e-3, cyclic_base_lr=1e-4, cyclic_max_lr=1e-3,
         cyclic_step_size=4, batch_size=4, epochs=2, patience=None, crop_size=32, timing_steps=2, sim_tiles=20,
-        sim_tile_size=64, planted_seeds=(0, 1), planted_tiles=12, planted_epochs=1, planted_oracle=False),
+        sim_tile_size=64, planted_seeds=(0, 1), planted_tiles=80, planted_batch_size=8, planted_epochs=5,
+        planted_lr=3e-3, planted_oracle=False),
 }
 "The chapter's two profiles: the paper's settings, and a tiny CPU run on simulated data."
 
@@ -381,45 +409,93 @@ def plot_scores(scores: pd.DataFrame, ax=None):
     return ax
 
 # %% ../../nbs/50_experiments.paper1.ipynb #df8e8eff
-PLANTED: dict[str, tuple[str, dict[str, Any]]] = {
-    "lights_landcover": ("viirs", {"informative": "viirs,worldcover:0.5"}),
-    "s1_planted": ("s1", {"informative": "s1"}),
+PLANTED: dict[str, tuple[str, str]] = {
+    "lights_landcover": ("viirs", "viirs,worldcover:0.5"),
+    "s1_planted": ("s1", "s1"),
 }
-"Planted settings: name → (the modality expected on top, simulator knobs)."
+"Planted settings: name → (the modality expected on top, the simulator's ``informative`` knob)."
 
 
-def planted_settings() -> list[PlantedSetting]:
-    "The planted settings (only which modalities are informative differs)."
-    return [PlantedSetting(name, top, knobs) for name, (top, knobs) in PLANTED.items()]
+def planted_settings(cfg: Paper1Config) -> list[PlantedSetting]:
+    "The planted settings: only ``informative`` differs; every setting has the scene knobs ``cfg.planted_scene``."
+    return [PlantedSetting(name, top, {"informative": inf, **dict(cfg.planted_scene)})
+            for name, (top, inf) in PLANTED.items()]
 
 
-def all_positive_iou(cfg: Paper1Config, data: DataSource) -> float:
-    "Test IoU of predicting 'protected' everywhere: the share of protected pixels (the learning gate's baseline)."
+def planted_config(cfg: Paper1Config) -> Paper1Config:
+    "The configuration of the planted-truth data and models: ``cfg`` with its ``planted_*`` values applied."
+    scale = (cfg.planted_lr or cfg.lr) / cfg.lr  # the same cyclical schedule, scaled
+    return cfg.replace(sim_tiles=cfg.planted_tiles, sim_tile_size=cfg.planted_tile_size or cfg.sim_tile_size,
+                       crop_size=cfg.planted_crop_size or cfg.crop_size,
+                       batch_size=cfg.planted_batch_size or cfg.batch_size, epochs=cfg.planted_epochs or cfg.epochs,
+                       lr=cfg.lr * scale, cyclic_base_lr=cfg.cyclic_base_lr * scale,
+                       cyclic_max_lr=cfg.cyclic_max_lr * scale)
+
+
+def majority_accuracy(cfg: Paper1Config, data: DataSource) -> float:
+    "Test pixel accuracy of always predicting the majority class, max(p, 1 − p) with p the protected share."
     ds = load_split(cfg, data, "test", ("viirs",))
-    pos = sum(float(ds[i]["mask"].sum()) for i in range(len(ds)))
-    tot = sum(ds[i]["mask"].numel() for i in range(len(ds)))
-    return pos / tot
+    masks = [ds[i]["mask"] for i in range(len(ds))]
+    p = sum(float(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+    return max(p, 1 - p)
+
+
+class _Occluded(nn.Module):
+    "``model`` applied to its input with the stacked channels ``channels`` replaced by ``fill`` (test-time occlusion)."
+
+    def __init__(self, model: nn.Module, channels: Sequence[int], fill):
+        super().__init__()
+        self.model, self.channels, self.fill = model, list(channels), fill
+
+    def forward(self, x: torch.Tensor):
+        return self.model(occlude(x, self.channels, self.fill))
+
+
+def occlusion_drop(model: nn.Module, cfg: Paper1Config, data: DataSource, device: str | torch.device = "cpu",
+                   means: torch.Tensor | None = None) -> dict[str, float]:
+    """Test pixel accuracy lost when each modality is replaced by its training-split channel means ``means``
+    (C,) (computed when not given): the reliance oracle at test time, ``{modality: Δ accuracy}``."""
+    if means is None:
+        means = channel_means(load_split(cfg, data, "train", train=False))
+    layout, test, task = MAPINWILD.layout(MODALITIES), load_split(cfg, data, "test"), make_task(cfg)
+
+    def accuracy(m: nn.Module) -> float:
+        return evaluate(m, task, test, batch_size=cfg.eval_batch_size, device=device, amp=cfg.amp,
+                        num_workers=cfg.num_workers)["accuracy"]
+
+    base = accuracy(model)
+    return {m: base - accuracy(_Occluded(model, layout.indices(m), MeanFill(means))) for m in MODALITIES}
 
 
 def planted_task(run: Run) -> PlantedTask:
-    "The `PlantedTask` of paper 1 for ``run`` (simulated MapInWild, framework models)."
-    cfg: Paper1Config = run.cfg
+    """The `PlantedTask` of paper 1 for ``run``: frameworks trained on the planted simulations, gated on test pixel
+    accuracy against the majority class, importance = 1 − mean influence score of the modality's group."""
+    cfg = planted_config(run.cfg)
+    prun = dataclasses.replace(run, cfg=cfg)  # same output folder, the planted models' configuration
+    means: dict[str, torch.Tensor] = {}
 
     def data(setting: PlantedSetting) -> DataSource:
-        return simulated_data("mapinwild", **simulation(cfg, **setting.knobs) | {"n": cfg.planted_tiles})
+        return simulated_data("mapinwild", **simulation(cfg, **setting.knobs))
 
     def train(d: DataSource, mods: tuple[str, ...], seed: int, null: bool) -> Trained:
-        return train_variant(run, "framework", seed, data=d, modalities=mods, epochs=cfg.planted_epochs, null=null)
+        return train_variant(prun, "framework", seed, data=d, modalities=mods, null=null)
 
     def scores(model: nn.Module, d: DataSource, seed: int) -> dict[str, float]:
-        test = load_split(cfg, d, "test")
-        f = influence_frame(model.to(run.device), cfg, test, run.device)
+        with prun.threads():
+            f = influence_frame(model.to(run.device), cfg, load_split(cfg, d, "test"), run.device)
         mean = f.groupby("group")["score"].mean()
         return {m: 1.0 - float(mean[m]) for m in MODALITIES if m in mean.index}
 
-    return PlantedTask(modalities=MODALITIES, data=data, train=train, metric="iou", lower_is_better=False,
-                       baseline=lambda d: all_positive_iou(cfg, d), methods={"influence score": scores},
-                       occlusion=None, margin=cfg.planted_margin, retrain_oracle=cfg.planted_oracle)
+    def occlusion(model: nn.Module, d: DataSource, seed: int) -> dict[str, float]:
+        key = str(d.root)
+        with prun.threads():
+            if key not in means:
+                means[key] = channel_means(load_split(cfg, d, "train", train=False))
+            return occlusion_drop(model, cfg, d, run.device, means[key])
+
+    return PlantedTask(modalities=MODALITIES, data=data, train=train, metric="accuracy", lower_is_better=False,
+                       baseline=lambda d: majority_accuracy(cfg, d), methods={"influence score": scores},
+                       occlusion=occlusion, margin=cfg.planted_margin, retrain_oracle=cfg.planted_oracle)
 
 # %% ../../nbs/50_experiments.paper1.ipynb #60e3f397
 def paper_flops_per_sample(cfg: Paper1Config | None = None, variant: str = "framework") -> float:
