@@ -39,6 +39,8 @@ CHAPTERS: dict[str, str] = {
     "paper4": "Paper 4 — SAR/optical utilization imbalance (MMTM, conditional utilization rates, SEN12_GUM)",
     "paper5": "Paper 5 — feature reconstruction for a partly missing optical modality (SpaceNet7-S1S2)",
     "crossmethod": "Which modality matters? — every modality-attribution method against one planted truth",
+    "robustness": "What breaks when optical breaks? — every fusion strategy under clouds, snow and missing optical "
+                  "images (robustness benchmark)",
 }
 "Known chapters and a one-line description, in book order."
 

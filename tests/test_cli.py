@@ -11,7 +11,8 @@ def test_chapters_listed_with_parameters(capsys):
     assert main(["chapters"]) == 0
     out = capsys.readouterr().out
     assert "data:" in out and "paper2:" in out
-    assert list(list_chapters()) == ["data", "paper1", "paper2", "paper3", "paper4", "paper5", "crossmethod"]
+    assert list(list_chapters()) == ["data", "paper1", "paper2", "paper3", "paper4", "paper5", "crossmethod",
+                                   "robustness"]
     params = chapter_parameters("paper2")
     assert {"profile", "data_root", "device", "seeds", "out_dir"} <= set(params)
     assert params["profile"]["default"].strip("'\"") == "smoke"

@@ -100,7 +100,8 @@ def test_sdist_and_wheel_install_into_a_fresh_venv(tmp_path):
         info = json.loads(res.stdout)
         assert info["file"].startswith(str(tmp_path / f"venv-{name}")), info  # the installed copy, not the checkout
         assert info["version"] == info["dist_version"]
-        assert list(info["chapters"]) == ["data", "paper1", "paper2", "paper3", "paper4", "paper5", "crossmethod"]
+        assert list(info["chapters"]) == ["data", "paper1", "paper2", "paper3", "paper4", "paper5", "crossmethod",
+                                          "robustness"]
         assert all(p.startswith(info["file"]) for p in info["chapters"].values())
         assert info["asset"] and info["samples"] == "None"  # no checkout: no vendored samples, said by None
         for argv in (["--version"], ["run", "--help"]):

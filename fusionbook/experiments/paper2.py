@@ -133,7 +133,7 @@ PROFILES: dict[str, Paper2Config] = {
     "paper": Paper2Config(),
     "smoke": Paper2Config(
         profile="smoke", seeds=(0,), base_channels=8, lr=1e-3, batch_size=4, epochs=3, patience=None, crop_size=64,
-        num_workers=0, eval_batch_size=16, threads=1, sim_tiles=100, sim_tile_size=128, planted_seeds=(0, 1),
+        num_workers=0, eval_batch_size=16, threads=2, sim_tiles=100, sim_tile_size=128, planted_seeds=(0, 1),
         planted_tiles=100, planted_epochs=6, planted_crop_size=64, planted_lr=3e-3, planted_null="random"),
 }
 "The chapter's two profiles: the paper's hyper-parameters, and a tiny CPU run on simulated data."

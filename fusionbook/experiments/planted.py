@@ -177,9 +177,11 @@ def run_planted(task: PlantedTask, settings: Sequence[PlantedSetting], seeds: Se
     """Train, gate, rank and judge every (setting, seed).  Returns ``(verdicts, scores)``.
 
     ``verdicts``: one row per (setting, seed, method, model ∈ {trained, null}) with the fields ``setting``,
-    ``planted``, ``seed``, ``method``, ``model``, ``learned``, ``gain``, ``top``, ``recovered``, ``oracle_top``,
-    ``occlusion_top``, ``tau_oracle``, ``score``, ``baseline``.  ``scores``: the long table of importances
-    (``setting``, ``seed``, ``model``, ``method``, ``modality``, ``importance``), oracle rows included."""
+    ``planted``, ``seed``, ``method``, ``model``, ``learned``, ``gain``, ``top``, ``recovered``, ``oracle``,
+    ``oracle_top``, ``occlusion_top``, ``tau_oracle``, ``score``, ``baseline``.  ``oracle`` names the reference
+    that ``oracle_top`` and ``tau_oracle`` use: ``'retrain'`` (`PlantedTask.retrain_oracle`), else ``'occlusion'``
+    (test-time occlusion), else None.  ``scores``: the long table of importances (``setting``, ``seed``,
+    ``model``, ``method``, ``modality``, ``importance``), oracle rows included."""
     verdicts, scores = [], []
     grid = [(s, int(k)) for s in settings for k in seeds]
     per_setting: dict[str, tuple[DataSource, float]] = {}  # the data and the baseline do not depend on the seed
@@ -198,7 +200,8 @@ def run_planted(task: PlantedTask, settings: Sequence[PlantedSetting], seeds: Se
         for name, imp in ref.items():
             scores += [{"setting": setting.name, "seed": seed, "model": "trained", "method": name, "modality": m,
                         "importance": float(v)} for m, v in imp.items()]
-        oracle_top = top_modality(oracle) if oracle else None
+        reference, kind_ref = (oracle, "retrain") if oracle else ((occl, "occlusion") if occl else ({}, None))
+        oracle_top = top_modality(reference) if reference else None
         occl_top = top_modality(occl) if occl else None
         for kind, tr in models.items():
             score = float(tr.metrics[task.metric])
@@ -211,8 +214,9 @@ def run_planted(task: PlantedTask, settings: Sequence[PlantedSetting], seeds: Se
                 verdicts.append({
                     "setting": setting.name, "planted": setting.planted, "seed": seed, "method": method,
                     "model": kind, "learned": gate, "gain": learning_gain(score, base, task.lower_is_better),
-                    "top": top, "recovered": top == setting.planted, "oracle_top": oracle_top,
-                    "occlusion_top": occl_top, "tau_oracle": kendall_tau(imp, oracle) if oracle else float("nan"),
+                    "top": top, "recovered": top == setting.planted, "oracle": kind_ref, "oracle_top": oracle_top,
+                    "occlusion_top": occl_top,
+                    "tau_oracle": kendall_tau(imp, reference) if reference else float("nan"),
                     "score": score, "baseline": base})
     return pd.DataFrame(verdicts), pd.DataFrame(scores)
 
@@ -256,8 +260,8 @@ def planted_rows(verdicts: pd.DataFrame, config: str | None = None) -> list[dict
         rows.append({"table": "Planted truth", "setting": f"{r['setting']}/{r['method']}/{r['model']}",
                      "metric": "learning gain", "reproduced": None if not np.isfinite(r["gain"]) else r["gain"],
                      "published": None, "seed": int(r["seed"]), "config": config,
-                     **{k: r[k] for k in ("planted", "method", "model", "learned", "top", "recovered",
-                                          "oracle_top", "occlusion_top")},
+                     **{k: r.get(k) for k in ("planted", "method", "model", "learned", "top", "recovered",
+                                              "oracle", "oracle_top", "occlusion_top")},
                      "setting_name": r["setting"], "tau_oracle": None if not np.isfinite(r["tau_oracle"])
                      else r["tau_oracle"], "score": r["score"], "baseline": r["baseline"]})
     return rows
