@@ -26,7 +26,8 @@ from ..models.unet import HafnerUNet
 from ..report import mean_sd
 from ..train import Task, evaluate, fit
 from ..transforms import paper45_augmentations
-from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means
+from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means, prior_f1
+from .planted import planted_settings as pt_settings
 from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, jobs,
                                           root_of, simulated_data, train_or_load, training_flops)
 
@@ -384,19 +385,12 @@ PLANTED: dict[str, str] = {"sar_planted": "s1", "optical_planted": "s2"}
 
 def planted_settings(cfg: Paper4Config) -> list[PlantedSetting]:
     "The planted settings of ``cfg``: only the informative modality differs; strength ``cfg.planted_strength``."
-    return [PlantedSetting(name, m, {"informative": m, "signal_strength": cfg.planted_strength})
-            for name, m in PLANTED.items()]
+    return pt_settings(PLANTED, cfg.planted_strength)
 
 
 def chance_f1(cfg: Paper4Config, data: DataSource) -> float:
     "Test F1 of predicting built-up everywhere, 2π/(1 + π) with π the built-up share (the gate's baseline)."
-    test = load_split(cfg, data, "test")
-    pos = tot = 0.0
-    for i in range(len(test)):
-        y = test[i]["mask"]
-        pos, tot = pos + float(y.sum()), tot + y.numel()
-    pi = pos / tot
-    return 2 * pi / (1 + pi)
+    return prior_f1(load_split(cfg, data, "test"))
 
 
 def cur_importance(rates: UtilizationRates) -> dict[str, float]:

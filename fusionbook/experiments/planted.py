@@ -21,8 +21,8 @@ from ..train import progress_bar
 
 # %% auto #0
 __all__ = ['ShuffledTargets', 'calibrate_batchnorm', 'channel_means', 'PlantedSetting', 'PlantedTask', 'planted_settings',
-           'learning_gain', 'learned', 'top_modality', 'kendall_tau', 'run_planted', 'planted_verdicts', 'flips',
-           'planted_rows', 'plot_planted']
+           'learning_gain', 'learned', 'prior_f1', 'top_modality', 'kendall_tau', 'run_planted', 'planted_verdicts',
+           'flips', 'planted_rows', 'plot_planted']
 
 # %% ../../nbs/26_experiments.planted.ipynb #9d6f151c
 class ShuffledTargets(Dataset):
@@ -143,6 +143,18 @@ def learned(score: float, baseline: float, lower_is_better: bool, margin: float)
     "The learning gate: ``learning_gain ≥ margin``."
     g = learning_gain(score, baseline, lower_is_better)
     return bool(np.isfinite(g) and g >= margin)
+
+
+def prior_f1(dataset: Dataset, key: str = "mask") -> float:
+    """A segmentation gate's baseline: the F1 of marking every pixel positive on ``dataset``, 2π/(1 + π) with π
+    the positive share of the samples' ``key``."""
+    pos = tot = 0.0
+    for i in range(len(dataset)):
+        y = dataset[i][key]
+        pos, tot = pos + float(y.sum()), tot + y.numel()
+    if tot == 0:
+        raise ValueError("prior_f1: the dataset is empty")
+    return 2 * pos / tot / (1 + pos / tot)
 
 # %% ../../nbs/26_experiments.planted.ipynb #822fcccb
 def top_modality(importance: Mapping[str, float]) -> str:

@@ -31,14 +31,14 @@ from ..train import Batching, EarlyStopping, Hardware, Optimization, Task, evalu
 from . import paper3 as p3
 from . import paper4 as p4
 from . import paper5 as p5
-from .planted import learning_gain
+from .planted import learning_gain, prior_f1
 from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, simulated_data,
                                            train_or_load)
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'PAPER5_METHOD', 'ML_STRATEGIES', 'SWEEPS', 'SWEEP_LABELS', 'TASKS', 'PROFILES', 'SSL4EO_FOLDER',
            'RobustnessConfig', 'simulation', 'corrupted_test', 'EarlyFusionUNet', 'build_model', 'task',
-           'train_strategy', 'prior_f1', 'constant_f1', 'gate', 'segmentation_sets', 'evaluate_segmentation', 'record',
+           'train_strategy', 'constant_f1', 'gate', 'segmentation_sets', 'evaluate_segmentation', 'record',
            'degradation', 'verdicts', 'ml_config', 'ml_run', 'DropOptical', 'ml_sets', 'train_multilabel',
            'multilabel_prior', 'evaluate_multilabel', 'read_ssl4eo', 'ssl4eo_inputs', 'real_segmentation_probe',
            'real_multilabel_probe', 'plot_curves']
@@ -254,17 +254,6 @@ def train_strategy(run: Run, strategy: str, seed: int, *, data: DataSource | Non
                              lambda: build_model(cfg, strategy), _train)
 
 # %% ../../nbs/62_experiments.robustness.ipynb #f98f97d5
-def prior_f1(dataset: Dataset, key: str = "mask") -> float:
-    "F1 of marking every pixel positive on ``dataset``: 2π/(1 + π), π the positive share of ``key``."
-    pos = tot = 0.0
-    for i in range(len(dataset)):
-        y = dataset[i][key]
-        pos, tot = pos + float(y.sum()), tot + y.numel()
-    if tot == 0:
-        raise ValueError("prior_f1: the dataset is empty")
-    return 2 * pos / tot / (1 + pos / tot)
-
-
 def _micro_f1(pred: Tensor, y: Tensor) -> float:
     tp, fp, fn = (pred * y).sum(), (pred * (1 - y)).sum(), ((1 - pred) * y).sum()
     return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn > 0 else 0.0
