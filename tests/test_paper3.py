@@ -37,6 +37,14 @@ def test_class_sets_and_splits(run):
         p3.load_split(cfg, run.data, "test", "water")
 
 
+def test_train_variant_refuses_bad_modalities(run):
+    for mods in ((), ("s1", "s1"), ("s3",)):
+        with pytest.raises(ValueError, match="modalities"):
+            p3.train_variant(run, "multishot", 0, modalities=mods)
+    with pytest.raises(ValueError, match="modalities"):  # the baseline has no branch to leave out
+        p3.train_variant(run, "baseline", 0, modalities=("s1",))
+
+
 def test_pipeline_trains_and_fills_table1(run):
     seed = run.cfg.seeds[0]
     ms = p3.train_variant(run, "multishot", seed)
@@ -91,11 +99,15 @@ def test_planted_task_runs_through_the_harness(run, tmp_path):
     cfg = run.cfg.replace(planted_n=60, planted_epochs=1, planted_seeds=(0, 1))
     prun = dataclasses.replace(run, cfg=cfg)
     task = p3.planted_task(prun)
-    assert task.metric == "map_micro" and not task.lower_is_better and not task.retrain_oracle
+    assert task.metric == "map_micro" and not task.lower_is_better and task.retrain_oracle
     settings = p3.planted_setting_list(cfg)[:1]
     verdicts, scores = run_planted(task, settings, cfg.planted_seeds, progress=False)
     assert len(verdicts) == 2 * 2  # seeds × {trained, null}
-    assert set(scores.method) == {"branch switch-off (λ = 0)", "output occlusion"}
+    assert set(verdicts["oracle"]) == {"retrain"}
+    assert set(scores.method) == {"branch switch-off (λ = 0)", "output occlusion", "retrain oracle"}
+    # the retrained models sit beside the full one, one per left-out modality
+    names = {p.parent.name for p in (prun.out / "checkpoints").rglob("seed0")}
+    assert {"multishot", "multishot~only-s1", "multishot~only-s2"} <= names
     assert set(scores.modality) == {"s1", "s2"}
     assert verdicts["baseline"].between(0, 1).all() and verdicts["score"].between(0, 1).all()
     assert set(planted_verdicts(verdicts)["verdict"]) <= {"recovered", "not recovered", "not learned"}

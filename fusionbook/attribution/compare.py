@@ -5,6 +5,7 @@
 # %% ../../nbs/22_attribution.compare.ipynb #a1533588
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from .shapley import coalition_chunks, coalitions
 
 # %% auto #0
 __all__ = ['rank_agreement', 'method_ranks', 'rank_consistency', 'subset_scores', 'deletion_curve', 'random_deletion_curve',
-           'deletion_area', 'faithfulness']
+           'deletion_area', 'faithfulness', 'modality_explain_func', 'cascading_randomisation']
 
 # %% ../../nbs/22_attribution.compare.ipynb #3bf90d20
 def rank_agreement(a: Mapping[str, float] | pd.Series, b: Mapping[str, float] | pd.Series) -> dict[str, float]:
@@ -135,3 +136,104 @@ def faithfulness(scores: Mapping[frozenset[str], float], order: Sequence[str], *
     f = (area[tuple(order)] - a_rnd) / span if span > 1e-12 * max(1.0, abs(a_rnd)) else float("nan")
     return {"faithfulness": float(f), "curve": deletion_curve(scores, order), "random": rnd,
             "best": deletion_curve(scores, best), "best_order": list(best)}
+
+# %% ../../nbs/22_attribution.compare.ipynb #d8d12da0
+def modality_explain_func(attribute: Callable[[nn.Module, torch.Tensor], torch.Tensor], layout: StackLayout,
+                          groups: Sequence[str]) -> Callable[..., np.ndarray]:
+    """A quantus ``explain_func(model, inputs, targets, **kwargs) -> np.ndarray`` made of a modality method.
+
+    ``attribute(model, x (B, C, H, W)) -> (B, N)`` scores the N ``groups`` of ``layout``.  The returned function
+    runs it on ``inputs`` (a (B, C, H, W) numpy array, moved to the model's device) and broadcasts each group's
+    score to all of its channels and pixels: a (B, C, H, W) numpy array (the scores' float dtype); channels in
+    none of the groups get 0.  ``targets`` (quantus's labels) and extra keyword arguments are ignored; whether
+    gradients are recorded is left to ``attribute``."""
+    groups = list(groups)
+    ids = layout.feature_mask(groups)  # (C,): the group of every channel, len(groups) for none
+
+    def explain_func(model: nn.Module, inputs: np.ndarray, targets: Any = None, **kwargs: Any) -> np.ndarray:
+        p = next(model.parameters(), None)
+        x = torch.as_tensor(np.asarray(inputs), device=p.device if p is not None else "cpu")
+        if x.ndim != 4 or x.shape[1] != len(ids):
+            raise ValueError(f"modality_explain_func: inputs must be (B, {len(ids)}, H, W), got {tuple(x.shape)}")
+        s = attribute(model, x).detach()
+        if tuple(s.shape) != (x.shape[0], len(groups)):
+            raise ValueError(f"modality_explain_func: attribute returned {tuple(s.shape)}, "
+                             f"expected {(x.shape[0], len(groups))}")
+        s = s if s.is_floating_point() else s.float()
+        s = torch.cat([s, s.new_zeros(x.shape[0], 1)], 1)  # the last column: channels in no group
+        return s[:, ids.to(s.device)][:, :, None, None].expand(-1, -1, *x.shape[2:]).cpu().numpy().copy()
+
+    return explain_func
+
+# %% ../../nbs/22_attribution.compare.ipynb #d03ad258
+def _row_similarity(a: np.ndarray, b: np.ndarray, kind: str = "spearman") -> np.ndarray:
+    """Row-wise similarity of two (B, N) arrays -> (B,): Pearson's r (``'pearson'``) or Spearman's ρ
+    (``'spearman'``, r of the mid-ranks); NaN for a row whose values are all equal."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if kind == "spearman":
+        a, b = stats.rankdata(a, axis=1), stats.rankdata(b, axis=1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    return np.divide((a * b).sum(1), den, out=np.full(len(a), np.nan), where=den > 0)
+
+# %% ../../nbs/22_attribution.compare.ipynb #f53a4181
+def cascading_randomisation(model: nn.Module, x: torch.Tensor, layout: StackLayout, groups: Sequence[str],
+                            attribute: Callable[[nn.Module, torch.Tensor], torch.Tensor], *, seed: int = 0,
+                            layer_order: str = "top_down", similarity: str = "spearman",
+                            absolute: bool = False) -> pd.DataFrame:
+    """Adebayo et al.'s model-parameter randomisation check of a modality method, run by quantus's `MPRT`.
+
+    ``x`` (B, C, H, W) is one batch; ``attribute(model, x) -> (B, N)`` scores the N ``groups`` of ``layout``.
+    quantus randomises the layers of a copy of ``model`` one at a time — ``layer_order``: ``'top_down'``
+    (cascading from the last registered layer, Adebayo et al.'s check), ``'bottom_up'`` (cascading from the
+    first) or ``'independent'`` (each layer alone on the trained weights) — and compares, sample by sample, the
+    method's scores on the randomised model with those on the trained model.
+
+    ``similarity``: ``'spearman'`` (ρ of a sample's N modality scores), ``'pearson'`` (r of the N scores) or
+    ``'spearman_map'`` (quantus's default, ρ of the broadcast (C, H, W) maps: each modality weighted by its
+    number of channels; equal to ``'spearman'`` when all groups have the same size).  ``absolute``: compare the
+    scores' magnitudes instead of the signed scores.
+
+    Returns one row per step: ``layer`` (``'original'``, then quantus's module names), ``step`` (0: the trained
+    model against itself — 1 unless the method is random —; k: the k-th randomisation), ``randomised`` (layers
+    randomised at that step: ``step`` when cascading, 1 when independent), ``similarity`` (the per-sample
+    similarity averaged over the samples where it is defined), ``similarity_sd`` and ``n`` (those samples: a
+    sample whose scores are all equal has none).  Deterministic given ``seed``; ``model`` and the global random
+    state are left untouched.  Needs quantus (the ``book`` extra)."""
+    if similarity not in ("spearman", "pearson", "spearman_map"):
+        raise ValueError(f"similarity must be 'spearman', 'pearson' or 'spearman_map', got {similarity!r}")
+    if layer_order not in ("top_down", "bottom_up", "independent"):
+        raise ValueError(f"layer_order must be 'top_down', 'bottom_up' or 'independent', got {layer_order!r}")
+    if x.ndim != 4:
+        raise ValueError(f"cascading_randomisation: x must be (B, C, H, W), got {tuple(x.shape)}")
+    try:
+        import quantus
+    except ImportError as e:
+        raise ImportError("cascading_randomisation needs quantus: pip install 'fusionbook[book]'") from e
+    groups = list(groups)
+    hw = x.shape[2] * x.shape[3]
+    cols = np.array([layout.indices(g)[0] * hw for g in groups])  # a modality's flat position: its first pixel
+
+    def modality_similarity(a: np.ndarray, b: np.ndarray, batched: bool = True, **kwargs: Any) -> np.ndarray:
+        return _row_similarity(a[:, cols], b[:, cols], similarity)
+
+    sim = quantus.similarity_func.correlation_spearman if similarity == "spearman_map" else modality_similarity
+    metric = quantus.MPRT(similarity_func=sim, layer_order=layer_order, seed=seed, abs=absolute, normalise=False,
+                          disable_warnings=True, display_progressbar=False)
+    net = copy.deepcopy(model).eval()
+    xb = x.detach().cpu().numpy()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the draws of a stochastic method
+        try:
+            res = metric(model=net, x_batch=xb, y_batch=np.zeros(len(xb), dtype=np.int64), channel_first=True,
+                         explain_func=modality_explain_func(attribute, layout, groups), batch_size=len(xb))
+        except AssertionError as e:
+            raise ValueError(f"cascading_randomisation: quantus refused the attributions: {e}") from e
+    rows = []
+    for k, (name, v) in enumerate(res.items()):
+        v = np.asarray(v, dtype=float)
+        ok = v[~np.isnan(v)]
+        rows.append({"layer": name, "step": k, "randomised": k if layer_order != "independent" else min(k, 1),
+                     "similarity": float(ok.mean()) if len(ok) else np.nan,
+                     "similarity_sd": float(ok.std()) if len(ok) else np.nan, "n": len(ok)})
+    return pd.DataFrame(rows)

@@ -49,10 +49,11 @@ if TYPE_CHECKING:
 __all__ = ['BEN19_CLASSES', 'BEN43_CLASSES', 'CLC43_CODES', 'BEN43_TO_19', 'CLC_CODE_TO_BEN19', 'PAPER3_ID', 'PAPER3_OOD_TRAIN',
            'PAPER3_OOD_TEST', 'N_PAIRS_V1', 'PATCH_SIZE', 'S2_NATIVE_SIZE', 'BEN_MEAN', 'BEN_STD', 'CLOUD_LIST',
            'SNOW_LIST', 'V1_FOLDERS', 'V2_FOLDERS', 'LMDB_FOLDER', 'V2_METADATA', 'V2_FLAGGED_METADATA', 'SPLITS',
-           'VALUE_SPECS', 'GEO_TOLERANCE_M', 'WORLDCOVER_TO_CLC43', 'LABEL_MIN_FRACTION', 'FLAG_MIN_FRACTION',
-           'label_indices', 'multi_hot', 'normalize_modality', 'read_patch_list', 'official_patch_lists', 'patch_lists',
-           'resample_band', 'read_band_files', 'read_label_json', 'read_split_file', 'pair_v1', 'BenRecord',
-           'check_lmdb_file', 'open_lmdb', 'BigEarthNetMM', 'encode_lmdb', 'simulate_bigearthnet']
+           'VALUE_SPECS', 'GEO_TOLERANCE_M', 'WORLDCOVER_TO_CLC43', 'LABEL_NAMING', 'LABEL_MIN_FRACTION',
+           'FLAG_MIN_FRACTION', 'label_indices', 'multi_hot', 'normalize_modality', 'read_patch_list',
+           'official_patch_lists', 'patch_lists', 'resample_band', 'read_band_files', 'read_label_json',
+           'read_split_file', 'pair_v1', 'BenRecord', 'check_lmdb_file', 'open_lmdb', 'BigEarthNetMM', 'encode_lmdb',
+           'share_name', 'simulate_bigearthnet']
 
 # %% ../../nbs/04_data.bigearthnet.ipynb #bd3edbf8
 BEN19_CLASSES: tuple[str, ...] = (
@@ -772,20 +773,31 @@ def encode_lmdb(root: str | os.PathLike, lmdb_path: str | os.PathLike | None = N
 
 # %% ../../nbs/04_data.bigearthnet.ipynb #8dbf781f
 WORLDCOVER_TO_CLC43: dict[int, tuple[str, ...]] = {
-    10: ("Broad-leaved forest", "Coniferous forest", "Mixed forest"),
-    20: ("Transitional woodland/shrub", "Sclerophyllous vegetation"),
-    30: ("Pastures", "Natural grassland"),
-    40: ("Non-irrigated arable land", "Complex cultivation patterns",
-         "Land principally occupied by agriculture, with significant areas of natural vegetation"),
-    50: ("Discontinuous urban fabric", "Continuous urban fabric", "Industrial or commercial units"),
-    60: ("Sparsely vegetated areas", "Beaches, dunes, sands"),
+    10: ("Mixed forest", "Broad-leaved forest", "Coniferous forest"),
+    20: ("Sclerophyllous vegetation", "Transitional woodland/shrub"),
+    30: ("Natural grassland", "Pastures"),
+    40: ("Land principally occupied by agriculture, with significant areas of natural vegetation",
+         "Complex cultivation patterns", "Non-irrigated arable land"),
+    50: ("Industrial or commercial units", "Discontinuous urban fabric", "Continuous urban fabric"),
+    60: ("Beaches, dunes, sands", "Sparsely vegetated areas"),
     70: ("Bare rock",),  # permanent snow/ice: glaciers do not occur in BigEarthNet; dropped in 19 classes
-    80: ("Water bodies", "Water courses", "Sea and ocean"),
-    90: ("Inland marshes", "Peatbogs"),
+    80: ("Water courses", "Water bodies", "Sea and ocean"),
+    90: ("Peatbogs", "Inland marshes"),
     95: ("Salt marshes",),
     100: ("Moors and heathland",),
 }
-"Plausible CORINE level-3 classes for each ESA WorldCover class (one is drawn per simulated patch)."
+"Plausible CORINE level-3 classes for each ESA WorldCover class, ordered from the sparsest to the densest cover."
+LABEL_NAMING = ("share", "random")
+"""How `simulate_bigearthnet` names the CORINE class of a WorldCover class present in a patch: ``"share"`` — by
+its share of the patch (`share_name`: the same scene always gets the same labels, and a model that sees the land
+cover can learn them); ``"random"`` — drawn per patch among the candidates (labels a model cannot fully learn)."""
+
+
+def share_name(wc: int, share: float) -> str:
+    """The CORINE class of WorldCover class ``wc`` covering ``share`` ∈ [0, 1] of a patch: the candidates of
+    `WORLDCOVER_TO_CLC43` split [0, 1] into equal bins, the sparsest cover first."""
+    names = WORLDCOVER_TO_CLC43[wc]
+    return names[min(len(names) - 1, int(share * len(names)))]
 LABEL_MIN_FRACTION = 0.05
 FLAG_MIN_FRACTION = 0.05
 
@@ -811,13 +823,17 @@ def _split_names(n: int, splits: Sequence[float], rng: np.random.Generator) -> l
 
 def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: int = 0,
                          knobs: SceneKnobs | None = None, *, version: str = "v1",
-                         splits: Sequence[float] = (0.6, 0.2, 0.2), exist_ok: bool = False) -> Path:
+                         splits: Sequence[float] = (0.6, 0.2, 0.2), naming: str = "share",
+                         exist_ok: bool = False) -> Path:
     """Write ``n`` (default 60) simulated S1/S2 pairs under ``root`` in the v1, reBEN (``"v2"``) or reBEN
-    LMDB (``"lmdb"``) layout; seeded and byte-identical for equal arguments.  Returns ``root``."""
+    LMDB (``"lmdb"``) layout; seeded and byte-identical for equal arguments.  ``naming``: how land cover becomes
+    CORINE labels (`LABEL_NAMING`).  Returns ``root``."""
     from fusionbook.data.scene import simulate_scene
 
     if version not in ("v1", "v2", "lmdb"):
         raise ValueError(f"version must be 'v1', 'v2' or 'lmdb', got {version!r}")
+    if naming not in LABEL_NAMING:
+        raise ValueError(f"naming must be one of {LABEL_NAMING}, got {naming!r}")
     n = 60 if n is None else n
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of pairs, got {n!r}")
@@ -843,9 +859,12 @@ def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: in
         scene = simulate_scene(PATCH_SIZE, g, knobs)
         # labels: one CLC-43 class per WorldCover class present
         fr = scene.class_fractions()
-        pick = {wc: WORLDCOVER_TO_CLC43[wc][int(g.integers(len(WORLDCOVER_TO_CLC43[wc])))] for wc in sorted(fr)}
-        if pick.get(50) == "Continuous urban fabric" and fr[50] < 0.5:
-            pick[50] = "Discontinuous urban fabric"  # continuous fabric needs a dense town
+        if naming == "share":
+            pick = {wc: share_name(wc, f) for wc, f in fr.items()}
+        else:
+            pick = {wc: WORLDCOVER_TO_CLC43[wc][int(g.integers(len(WORLDCOVER_TO_CLC43[wc])))] for wc in sorted(fr)}
+            if pick.get(50) == "Continuous urban fabric" and fr[50] < 0.5:
+                pick[50] = "Discontinuous urban fabric"  # continuous fabric needs a dense town
         labels = sorted({pick[wc] for wc, f in fr.items() if f >= LABEL_MIN_FRACTION}, key=CLC43_CODES.get)
         cloud = float((scene.cloud | scene.shadow).mean()) >= FLAG_MIN_FRACTION
         snow = float(scene.snow.mean()) >= FLAG_MIN_FRACTION

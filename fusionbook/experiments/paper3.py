@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,7 +35,7 @@ from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, roo
 # %% auto #0
 __all__ = ['CITATION', 'METHODS', 'SCENARIOS', 'PUBLISHED_TABLE1', 'PROFILES', 'PAPER_SPEC', 'CLASS_SETS', 'LAYOUT', 'PLANTED',
            'PLANTED_NUISANCE', 'published_table1', 'Paper3Config', 'simulation', 'scenario_simulations',
-           'PrepareSample', 'InMemory', 'load_split', 'build_model', 'build_baseline', 'make_task',
+           'PrepareSample', 'InMemory', 'load_split', 'build_model', 'SingleBranchNet', 'build_baseline', 'make_task',
            'head_probabilities', 'micro_ap', 'head_scores', 'prior_map', 'train_variant', 'train_detectors',
            'predict_methods', 'method_metrics', 'scenario_sets', 'evaluate_scenarios', 'table1', 'real_probe_sets',
            'patch_records', 'ood_probe', 'planted_checks', 'planted_config', 'switch_off_reliance',
@@ -117,10 +117,11 @@ class Paper3Config(ExperimentConfig):
     planted_strength: float = 1.0  # share of the planted modality's area that shows the labelled scene
     planted_epochs: int | None = None  # None = `epochs`
     planted_margin: float = 0.1  # learning gate: micro-AP at least 10 % of the way from the prior's to 1
+    planted_oracle: bool = True  # retrain without each modality (RemOve-And-Retrain); False: test-time occlusion
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ExperimentConfig.OPERATIONAL + (
         "sim_seed", "sim_n", "sim_scenario_n", "in_memory", "planted_seeds", "planted_n", "planted_strength",
-        "planted_margin")
+        "planted_margin", "planted_oracle")
 
     def validate(self) -> None:
         super().validate()
@@ -159,7 +160,7 @@ class Paper3Config(ExperimentConfig):
 
 PROFILES: dict[str, Paper3Config] = {
     "paper": Paper3Config(),
-    "smoke": Paper3Config(profile="smoke", seeds=(0,), num_workers=0, threads=1, depth=18, hidden=64, epochs=6,
+    "smoke": Paper3Config(profile="smoke", seeds=(0,), num_workers=0, threads=2, depth=18, hidden=64, epochs=6,
                           batch_size=16, crop_size=120, pool=8, pos_weight=3.0, ood_epochs=2, ood_hidden=(64,),
                           eval_batch_size=64, in_memory=True, sim_n=400, sim_scenario_n=40, planted_n=300,
                           planted_epochs=5, monitor="train_loss"),
@@ -268,6 +269,24 @@ def build_model(cfg: Paper3Config) -> MultishotFusionNet:
     return MultishotFusionNet(LAYOUT, len(PAPER3_ID), depth=cfg.depth, hidden=cfg.hidden, stem_relu=cfg.stem_relu)
 
 
+class SingleBranchNet(nn.Module):
+    """The fusion network without one modality (RemOve-And-Retrain): only the ``keep`` branch runs, the other's
+    switch is 0, so its channels of the stacked input (B, 14, H, W) are never read.  -> logits (B, C)."""
+
+    def __init__(self, net: MultishotFusionNet, keep: str):
+        super().__init__()
+        net.branch(keep)  # KeyError naming the branches for an unknown modality
+        self.net, self.keep = net, keep
+        self.register_buffer("_idx", torch.tensor(list(net.layout.indices(keep))), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net.branch(self.keep)(x.index_select(1, self._idx))
+        off = torch.zeros_like(f)
+        sar = self.keep == self.net.names[0]
+        pair = (f, off) if sar else (off, f)
+        return self.net.head(*pair, (("x", float(sar), float(not sar)),))
+
+
 def build_baseline(cfg: Paper3Config) -> EarlyFusionResNet:
     "The early-fusion baseline (one ResNet on the 14 stacked channels)."
     return EarlyFusionResNet(LAYOUT, len(PAPER3_ID), depth=cfg.depth, stem_relu=cfg.stem_relu)
@@ -350,17 +369,27 @@ def prior_map(cfg: Paper3Config, data: DataSource | str | os.PathLike) -> float:
 
 
 def train_variant(run: Run, variant: str, seed: int, *, data: DataSource | None = None,
-                  null: bool = False) -> Trained:
+                  null: bool = False, modalities: Sequence[str] = ("s1", "s2")) -> Trained:
     """Train (or read back) ``variant`` ('multishot' | 'baseline') for ``seed`` on the run's (or ``data``'s) splits;
-    ``.metrics``: `head_scores` on the clear test split.
+    ``.metrics``: `head_scores` on the clear test split.  With one of the two ``modalities`` the multishot network
+    is trained without the other (`SingleBranchNet`, plain BCE), as the retrain oracle needs.
 
     After training (and on reading back) the batch-norm statistics are re-estimated on the training patches with
     the final weights: the running averages of a few dozen steps lag far behind the weights.  ``null=True``: the
     null model — the untrained network of ``seed`` with its batch-norm statistics estimated the same way (nothing
     learned from the labels)."""
     cfg, data = run.cfg, data or run.data
-    task = make_task(variant, cfg.pos_weight)
-    build = (lambda: build_model(cfg)) if variant == "multishot" else (lambda: build_baseline(cfg))
+    keep = tuple(m for m in LAYOUT.order if m in modalities)
+    if not keep or len(tuple(modalities)) != len(keep) or (len(keep) < 2 and (variant != "multishot" or null)):
+        raise ValueError(f"train_variant: modalities={tuple(modalities)}; expected ('s1', 's2'), or one of them "
+                         "for the trained multishot network")
+    name = variant if len(keep) == 2 else f"{variant}~only-{keep[0]}"
+    task = make_task(variant if len(keep) == 2 else "baseline", cfg.pos_weight)
+    build = {"multishot": lambda: build_model(cfg), "baseline": lambda: build_baseline(cfg)}.get(variant)
+    if build is None:
+        raise ValueError(f"variant={variant!r}; valid: 'multishot', 'baseline'")
+    if len(keep) == 1:
+        build = (lambda full=build: SingleBranchNet(full(), keep[0]))
     train, val, test = (load_split(cfg, data, s) for s in ("train", "val", "test"))
 
     def _scores(model: nn.Module) -> dict[str, float]:
@@ -381,7 +410,7 @@ def train_variant(run: Run, variant: str, seed: int, *, data: DataSource | None 
             model = _precise_bn(build())
             where = run.checkpoint_dir(f"{variant}~random", seed, data=data) / "random"  # its detectors go beside
             return Trained(f"{variant}~random", int(seed), model, _scores(model), where, False)
-        trained = train_or_load(run.checkpoint_dir(variant, seed, data=data), variant, seed, build, _train)
+        trained = train_or_load(run.checkpoint_dir(name, seed, data=data), name, seed, build, _train)
         if trained.skipped:
             _precise_bn(trained.model)
         return trained
@@ -655,7 +684,7 @@ def planted_task(run: Run) -> PlantedTask:
         return simulated_data("bigearthnet", **simulation(cfg, **setting.knobs) | {"n": cfg.planted_n})
 
     def train(d: DataSource, mods: tuple[str, ...], seed: int, null: bool) -> Trained:
-        return train_variant(prun, "multishot", seed, data=d, null=null)
+        return train_variant(prun, "multishot", seed, data=d, null=null, modalities=mods)
 
     def switch_off(model: nn.Module, d: DataSource, seed: int) -> dict[str, float]:
         with prun.threads():
@@ -673,7 +702,7 @@ def planted_task(run: Run) -> PlantedTask:
 
     return PlantedTask(modalities=("s1", "s2"), data=data, train=train, metric="map_micro", lower_is_better=False,
                        baseline=baseline, methods={"branch switch-off (λ = 0)": switch_off}, occlusion=occlusion,
-                       margin=cfg.planted_margin, retrain_oracle=False)
+                       margin=cfg.planted_margin, retrain_oracle=cfg.planted_oracle)
 
 
 def planted_setting_list(cfg: Paper3Config) -> list[PlantedSetting]:
