@@ -217,3 +217,32 @@ def test_faithfulness_of_the_grid(grid_run):
     table = cm.method_table(verdicts, scores, costs, faithful=rows)
     assert {"faithfulness", "faithfulness_sd", "tasks", "requires"} <= set(table.columns)
     assert len(cm.plot_deletion(curves).axes) == 1
+
+
+def test_families_put_the_papers_methods_beside_the_books(grid_run):
+    """The influence head (paper 1) and the CUR (paper 4) run through the harness on tiny versions of their planted
+    truths, with the book's methods scored on the same models; the family table names each paper's own method and
+    the occlusion oracle."""
+    from fusionbook.experiments import paper1 as p1
+    from fusionbook.experiments import paper4 as p4
+
+    run = grid_run[0]
+    frun = dataclasses.replace(run, cfg=run.cfg.replace(family_seeds=(0,)))
+    f1 = cm.paper1_family(frun, cfg=p1.PROFILES["smoke"].replace(
+        sim_tile_size=32, eval_batch_size=4, planted_tiles=10, planted_epochs=1, planted_batch_size=2))
+    f4 = cm.paper4_family(frun, cfg=p4.PROFILES["smoke"].replace(planted_n=20, planted_epochs=1))
+    assert (f1.seeds, f4.seeds) == ((0,), (0,))
+    for f in (f1, f4):
+        f.settings = f.settings[:1]
+    verdicts, scores = cm.run_families([f1, f4], progress=False)
+    assert set(verdicts["method"]) == {"influence score", "CUR", *cm.FAMILY_METHODS}
+    assert len(verdicts) == 2 * 2 * (1 + len(cm.FAMILY_METHODS))  # families × {trained, null} × methods
+    imp = scores[(scores["family"] == f4.name) & (scores["model"] == "trained")]
+    assert set(imp["modality"]) == set(p4.MODALITIES) and np.isfinite(imp["importance"]).all()
+    table = cm.family_table(verdicts, [f1, f4])
+    own = table[table["own"]].set_index("family")["method"].to_dict()
+    assert own == {f1.name: "influence score", f4.name: "CUR"}
+    assert table.loc[table["reference"], "method"].tolist() == ["occlusion oracle"] * 2
+    assert table.loc[table["family"] == f4.name, "tau_oracle"].isna().all()  # two modalities: no τ
+    with pytest.raises(ValueError, match="family_seeds"):
+        run.cfg.replace(family_seeds=(1, 1))

@@ -27,10 +27,11 @@ from .recipe import DataSource, Run, Trained, training_flops
 from ..modality import MAPINWILD, StackLayout
 
 # %% auto #0
-__all__ = ['PROFILES', 'TASKS', 'METHODS', 'REFERENCES', 'CrossMethodConfig', 'setting_name', 'grid', 'simulation', 'Probe',
-           'Method', 'mean_output', 'per_group', 'attribute', 'importance', 'crossmethod_task', 'method_costs',
-           'oracle_cost', 'method_table', 'recommend', 'deletion_scores', 'faithfulness_table', 'plot_deletion',
-           'plot_methods']
+__all__ = ['PROFILES', 'TASKS', 'METHODS', 'REFERENCES', 'FAMILY_METHODS', 'CrossMethodConfig', 'setting_name', 'grid',
+           'simulation', 'Probe', 'Method', 'mean_output', 'per_group', 'attribute', 'importance', 'Prediction',
+           'method_scorers', 'crossmethod_task', 'method_costs', 'oracle_cost', 'method_table', 'recommend',
+           'deletion_scores', 'faithfulness_table', 'plot_deletion', 'plot_methods', 'Family', 'paper1_family',
+           'paper4_family', 'run_families', 'family_table', 'cascading_table']
 
 # %% ../../nbs/60_experiments.crossmethod.ipynb #459a6392
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class CrossMethodConfig(p2.Paper2Config):
     weak_modalities: tuple[str, ...] | None = None  # modalities planted at the later strengths (None: all)
     svs_samples: int = 25  # orderings drawn by captum's ShapleyValueSampling (captum's default)
     cost_repeats: int = 3  # timed repeats of every method in the cost benchmark (the fastest counts)
+    family_seeds: tuple[int, ...] | None = None  # seeds of the segmentation families (None: planted_seeds)
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = p2.Paper2Config.OPERATIONAL + (
-        "strengths", "weak_modalities", "cost_repeats")
+        "strengths", "weak_modalities", "cost_repeats", "family_seeds")
 
     def validate(self) -> None:
         super().validate()
@@ -60,6 +62,9 @@ class CrossMethodConfig(p2.Paper2Config):
             self.fail("svs_samples", "≥ 1")
         if self.cost_repeats < 1:
             self.fail("cost_repeats", "≥ 1")
+        if self.family_seeds is not None and (not self.family_seeds or
+                                              len(set(self.family_seeds)) != len(self.family_seeds)):
+            self.fail("family_seeds", "None or a non-empty tuple of distinct ints")
 
 
 def _profiles() -> dict[str, CrossMethodConfig]:
@@ -69,7 +74,7 @@ def _profiles() -> dict[str, CrossMethodConfig]:
 
     return {"paper": CrossMethodConfig(**base("paper") | {"seeds": (31, 32, 33), "planted_seeds": (31, 32, 33)}),
             "smoke": CrossMethodConfig(**base("smoke") | {"seeds": (0, 1), "planted_seeds": (0, 1),
-                                                          "weak_modalities": ("s1",)})}
+                                                          "weak_modalities": ("s1",), "family_seeds": (0,)})}
 
 
 PROFILES: dict[str, CrossMethodConfig] = _profiles()
@@ -226,6 +231,40 @@ def importance(attributions: torch.Tensor, groups: Sequence[str]) -> dict[str, f
         raise ValueError(f"importance: attributions must be (B, {len(groups)}), got {tuple(attributions.shape)}")
     return dict(zip(groups, attributions.abs().mean(0).tolist()))
 
+# %% ../../nbs/60_experiments.crossmethod.ipynb #471b35b3
+class Prediction(nn.Module):
+    """What the methods read from a model whose forward returns more than one prediction: ``fn(model, x)``, e.g.
+    paper 1's mask probability (its forward returns (logits, influence scores)) or paper 4's fusion probability
+    (its forward returns both branches' logits)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, x)
+
+
+def method_scorers(methods: Mapping[str, Method], layout: StackLayout, groups: Sequence[str],
+                   inputs: Callable[[DataSource], tuple[torch.Tensor, torch.Tensor]], *,
+                   output: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                   device: str | torch.device = "cpu", batch_size: int = 32,
+                   svs_samples: int = 25) -> dict[str, Callable[[nn.Module, DataSource, int], dict[str, float]]]:
+    """`PlantedTask` methods ``{name: f(model, data, seed) -> {group: importance}}`` of ``methods``: each runs on
+    the test batch and training means that ``inputs(data)`` returns ((B, C, H, W), (C,)), on the model's
+    prediction ``output(model, x)`` (default: its forward), and averages `importance` over the batch."""
+    def scorer(method: Method):
+        def score(model: nn.Module, d: DataSource, seed: int) -> dict[str, float]:
+            x, means = inputs(d)
+            probe = Probe(layout, tuple(groups), means, svs_samples, int(seed))
+            net = model if output is None else Prediction(model, output)
+            a = attribute(method, net.to(device), x.to(device), probe, batch_size)
+            return importance(a, groups)
+        return score
+
+    return {k: scorer(m) for k, m in methods.items()}
+
+
 # %% ../../nbs/60_experiments.crossmethod.ipynb #e3cfcd6b
 def crossmethod_task(run: Run, methods: Mapping[str, Method] | None = None) -> tuple[PlantedTask, list[dict]]:
     "Paper 2's `PlantedTask` for ``run`` with ``methods`` (default `METHODS`); returns ``(task, training log)``."
@@ -251,16 +290,9 @@ def crossmethod_task(run: Run, methods: Mapping[str, Method] | None = None) -> t
             cache[key] = (x, channel_means(p2.load_split(cfg, d, "train", train=False)))
         return cache[key]
 
-    def scorer(method: Method):
-        def score(model: nn.Module, d: DataSource, seed: int) -> dict[str, float]:
-            x, means = inputs(d)
-            probe = Probe(layout, p2.MODALITIES, means, cfg.svs_samples, int(seed))
-            a = attribute(method, model.to(run.device), x.to(run.device), probe, cfg.eval_batch_size)
-            return importance(a, p2.MODALITIES)
-        return score
-
-    task = dataclasses.replace(base, train=train, methods={k: scorer(m) for k, m in methods.items()},
-                               occlusion=None)
+    scorers = method_scorers(methods, layout, p2.MODALITIES, inputs, device=run.device,
+                             batch_size=cfg.eval_batch_size, svs_samples=cfg.svs_samples)
+    task = dataclasses.replace(base, train=train, methods=scorers, occlusion=None)
     return task, log
 
 # %% ../../nbs/60_experiments.crossmethod.ipynb #0db6d037
@@ -540,3 +572,154 @@ def plot_methods(table: pd.DataFrame, height: float = 3.6):
     axes[1].legend(fontsize=6, loc="lower left")
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/60_experiments.crossmethod.ipynb #48654182
+FAMILY_METHODS: tuple[str, ...] = ("output occlusion (zeros)", "output occlusion (mean)", "exact Shapley (zeros)",
+                                   "exact Shapley (mean)")
+"The book's methods run on every family beside the paper's own (model-agnostic, deterministic)."
+
+
+@dataclass
+class Family:
+    """A model family beyond paper 2's regression grid: ``task`` (a paper's `PlantedTask` with the book's methods
+    added), its ``settings`` and ``seeds``; ``own``: the paper's own method (a key of ``task.methods``) and what it
+    ``requires`` of the model; ``kind``: one of `TASKS`."""
+
+    name: str
+    kind: str
+    own: str
+    requires: str
+    task: PlantedTask
+    settings: list[PlantedSetting]
+    seeds: tuple[int, ...]
+
+
+def _family_cfg(profiles: Mapping[str, Any], run: Run, cfg: Any | None) -> Any:
+    "The paper's configuration of ``run``'s profile (or ``cfg``), with the chapter's seeds, threads and step limit."
+    c = cfg if cfg is not None else profiles[run.cfg.profile]
+    seeds = tuple(run.cfg.family_seeds or run.cfg.planted_seeds)
+    return c.replace(planted_seeds=seeds, threads=run.cfg.threads, max_steps=run.cfg.max_steps)
+
+
+def _with_methods(base: PlantedTask, methods: Sequence[str], layout: StackLayout, groups: Sequence[str],
+                  inputs: Callable, output: Callable, run: Run, batch_size: int) -> tuple[PlantedTask, str]:
+    "``base`` with ``methods`` scored beside its own (first) method; ``run``: the chapter's run."
+    own = next(iter(base.methods))
+    scorers = method_scorers({k: METHODS[k] for k in methods}, layout, groups, inputs, output=output,
+                             device=run.device, batch_size=batch_size, svs_samples=run.cfg.svs_samples)
+    return dataclasses.replace(base, methods={own: base.methods[own], **scorers}), own
+
+
+def paper1_family(run: Run, methods: Sequence[str] = FAMILY_METHODS, cfg: Any | None = None) -> Family:
+    """Paper 1's U-Net with the learned influence head on its planted settings (simulated MapInWild, protected-area
+    segmentation); the book's ``methods`` read the mask probability.  ``cfg``: a `p1.Paper1Config` (default: the
+    profile of ``run``)."""
+    from fusionbook.experiments import paper1 as p1
+
+    cfg = _family_cfg(p1.PROFILES, run, cfg)
+    prun = dataclasses.replace(run, cfg=cfg)
+    pcfg = p1.planted_config(cfg)
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def inputs(d: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
+        if str(d.root) not in cache:
+            test = p1.load_split(pcfg, d, "test")
+            cache[str(d.root)] = (torch.stack([test[i]["image"] for i in range(len(test))]),
+                                  channel_means(p1.load_split(pcfg, d, "train", train=False)))
+        return cache[str(d.root)]
+
+    task, own = _with_methods(p1.planted_task(prun), methods, MAPINWILD.layout(p1.MODALITIES), p1.MODALITIES,
+                              inputs, lambda m, x: torch.sigmoid(p1.logits_of(m(x))), run, pcfg.eval_batch_size)
+    return Family("paper 1: U-Net + influence head", "segmentation", own,
+                  "a model trained with the influence head", task, p1.planted_settings(cfg), cfg.planted_seeds)
+
+
+def paper4_family(run: Run, methods: Sequence[str] = FAMILY_METHODS, cfg: Any | None = None) -> Family:
+    """Paper 4's dual-stream U-Net with MMTM on its planted settings (simulated SEN12_GUM, built-up segmentation);
+    the book's ``methods`` read the fusion probability.  ``cfg``: a `p4.Paper4Config` (default: the profile of
+    ``run``)."""
+    from fusionbook.experiments import paper4 as p4
+    from fusionbook.models.mmtm import paper4_layout
+
+    cfg = _family_cfg(p4.PROFILES, run, cfg)
+    prun = dataclasses.replace(run, cfg=cfg)
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def inputs(d: DataSource) -> tuple[torch.Tensor, torch.Tensor]:
+        if str(d.root) not in cache:
+            test, train = p4.load_split(cfg, d, "test"), p4.load_split(cfg, d, "train", train=False)
+            x = torch.stack([torch.cat([test[i]["s1"], test[i]["s2"]]) for i in range(len(test))])
+            cache[str(d.root)] = (x, torch.cat([channel_means(train, m) for m in p4.MODALITIES]))
+        return cache[str(d.root)]
+
+    task, own = _with_methods(p4.planted_task(prun), methods, paper4_layout(), p4.MODALITIES, inputs,
+                              lambda m, x: m.fuse(m(x)), run, cfg.eval_batch_size)
+    return Family("paper 4: dual-stream U-Net + MMTM", "segmentation", own,
+                  "a two-stream model that runs with either stream cut off", task, p4.planted_settings(cfg),
+                  cfg.planted_seeds)
+
+
+# %% ../../nbs/60_experiments.crossmethod.ipynb #92cb463a
+def run_families(families: Sequence[Family], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`planted.run_planted` on every family; the verdicts and scores gain a ``family`` column."
+    from fusionbook.experiments.planted import run_planted
+
+    out = [run_planted(f.task, f.settings, f.seeds, progress=progress) for f in families]
+    return (pd.concat([v.assign(family=f.name) for f, (v, _) in zip(families, out)], ignore_index=True),
+            pd.concat([s.assign(family=f.name) for f, (_, s) in zip(families, out)], ignore_index=True))
+
+
+def family_table(verdicts: pd.DataFrame, families: Sequence[Family]) -> pd.DataFrame:
+    """Per family and method: ``cases`` and ``n_learned`` (setting, seed) models; over the learned ones
+    ``knob_agreement`` (top = planted), ``oracle_agreement`` (top = the oracle's top), ``tau_oracle`` (± sd; NaN
+    with fewer than three modalities); ``knob_agreement_null`` of the null models; ``own`` (the paper's method)
+    and ``requires``.  The oracle's own row (``reference``) gives its knob agreement; ``oracle`` names it."""
+    rows = []
+    for f in families:
+        v = verdicts[verdicts["family"] == f.name]
+        tr = v[v["model"] == "trained"]
+        ok = tr[tr["learned"]]
+        kind = _majority_value(tr["oracle"])
+        for name in pd.unique(v["method"]):
+            t, nul = ok[ok["method"] == name], v[(v["model"] == "null") & (v["method"] == name)]
+            tau, tau_sd, _ = _mean_sd(t["tau_oracle"])
+            m = METHODS.get(name)
+            rows.append({"family": f.name, "task": f.kind, "method": name, "own": name == f.own, "reference": False,
+                         "cases": int((tr["method"] == name).sum()), "n_learned": len(t),
+                         "knob_agreement": float(t["recovered"].mean()) if len(t) else np.nan,
+                         "oracle_agreement": float((t["top"] == t["oracle_top"]).mean()) if len(t) else np.nan,
+                         "tau_oracle": tau, "tau_oracle_sd": tau_sd,
+                         "knob_agreement_null": float(nul["recovered"].mean()) if len(nul) else np.nan,
+                         "oracle": kind, "requires": f.requires if name == f.own else (m.requires if m else "")})
+        first = ok.drop_duplicates(["setting", "seed"])
+        rows.append({"family": f.name, "task": f.kind, "method": f"{kind} oracle", "own": False, "reference": True,
+                     "cases": len(tr.drop_duplicates(["setting", "seed"])), "n_learned": len(first),
+                     "knob_agreement": float((first["oracle_top"] == first["planted"]).mean()) if len(first)
+                     else np.nan, "oracle_agreement": 1.0 if len(first) else np.nan, "tau_oracle": np.nan,
+                     "tau_oracle_sd": np.nan, "knob_agreement_null": np.nan, "oracle": kind,
+                     "requires": "retraining without each modality" if kind == "retrain" else "the model's output"})
+    return pd.DataFrame(rows)
+
+
+def _majority_value(v: pd.Series) -> Any:
+    v = v.dropna()
+    return v.value_counts().index[0] if len(v) else None
+
+
+# %% ../../nbs/60_experiments.crossmethod.ipynb #fea275bb
+def cascading_table(model: nn.Module, x: torch.Tensor, probe: Probe, methods: Mapping[str, Method], *,
+                    seed: int = 0) -> pd.DataFrame:
+    """`compare.cascading_randomisation` (quantus's layer-by-layer randomisation, top down) of every method in
+    ``methods`` on ``model`` and the batch ``x`` (B, C, H, W): one row per (method, step) with ``layer``,
+    ``randomised`` (layers so far), ``similarity`` (mean Spearman ρ of the samples' absolute modality scores, the
+    magnitudes `importance` averages) and its ``similarity_sd``."""
+    from fusionbook.attribution.compare import cascading_randomisation
+
+    out = []
+    for name, m in methods.items():
+        df = cascading_randomisation(model, x, probe.layout, probe.groups,
+                                     lambda net, xx, m=m: attribute(m, net, xx, probe).abs(), seed=seed)
+        out.append(df.assign(method=name))
+    return pd.concat(out, ignore_index=True)[["method", "layer", "step", "randomised", "similarity",
+                                              "similarity_sd", "n"]]
+

@@ -105,7 +105,7 @@ class RobustnessConfig(ExperimentConfig):
     cloud_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     snow_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     missing_levels: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-    gate_margin: float = 0.1  # learned: F1 at least 10 % of the way from the prior predictor's F1 to 1
+    gate_margin: float = 0.1  # learned: score at least 10 % of the way from the prior predictor's score to 1
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ExperimentConfig.OPERATIONAL + (
         "ml_in_memory", "cloud_levels", "snow_levels", "missing_levels", "gate_margin")
