@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..attribution.influence import dataset_scores
-from ..attribution.occlusion import MeanFill, occlude
 from ..data.mapinwild import MapInWild
 from ..data.scene import SceneKnobs
+from . import planted as pt
 from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means
 from fusionbook.experiments.recipe import (
     DataSource,
@@ -440,31 +440,20 @@ def majority_accuracy(cfg: Paper1Config, data: DataSource) -> float:
     return max(p, 1 - p)
 
 
-class _Occluded(nn.Module):
-    "``model`` applied to its input with the stacked channels ``channels`` replaced by ``fill`` (test-time occlusion)."
-
-    def __init__(self, model: nn.Module, channels: Sequence[int], fill):
-        super().__init__()
-        self.model, self.channels, self.fill = model, list(channels), fill
-
-    def forward(self, x: torch.Tensor):
-        return self.model(occlude(x, self.channels, self.fill))
-
-
 def occlusion_drop(model: nn.Module, cfg: Paper1Config, data: DataSource, device: str | torch.device = "cpu",
                    means: torch.Tensor | None = None) -> dict[str, float]:
     """Test pixel accuracy lost when each modality is replaced by its training-split channel means ``means``
-    (C,) (computed when not given): the reliance oracle at test time, ``{modality: Δ accuracy}``."""
+    (C,) (computed when not given): the reliance oracle at test time, ``{modality: Δ accuracy}``
+    (`fusionbook.experiments.planted.occlusion_drop` with the engine's pixel accuracy on the test split)."""
     if means is None:
         means = channel_means(load_split(cfg, data, "train", train=False))
-    layout, test, task = MAPINWILD.layout(MODALITIES), load_split(cfg, data, "test"), make_task(cfg)
+    test, task = load_split(cfg, data, "test"), make_task(cfg)
 
     def accuracy(m: nn.Module) -> float:
         return evaluate(m, task, test, batch_size=cfg.eval_batch_size, device=device, amp=cfg.amp,
                         num_workers=cfg.num_workers)["accuracy"]
 
-    base = accuracy(model)
-    return {m: base - accuracy(_Occluded(model, layout.indices(m), MeanFill(means))) for m in MODALITIES}
+    return pt.occlusion_drop(accuracy, model, MAPINWILD.layout(MODALITIES), MODALITIES, means)
 
 
 def planted_task(run: Run) -> PlantedTask:

@@ -22,13 +22,12 @@ from torchmetrics.functional.classification import multilabel_average_precision
 from ..data.bigearthnet import PAPER3_ID, PAPER3_OOD_TEST, PAPER3_OOD_TRAIN, BigEarthNetMM
 from ..metrics import MultilabelFScores, UncertaintyMetrics
 from ..modality import BIGEARTHNET, stack
-from ..attribution.occlusion import MeanFill, occlude
 from ..models.fusion import (MULTISHOT_WEIGHTS, EarlyFusionResNet, MultishotFusionNet, multishot_losses,
                                       split_multishot)
 from ..ood import OODAwareFusion, OODDetector, branch_feature_size, train_ood_detector
 from ..train import Task, fit, load_checkpoint, save_checkpoint, seed_everything
 from .planted import (PlantedSetting, PlantedTask, calibrate_batchnorm, channel_means,
-                                            learning_gain, planted_settings)
+                                            learning_gain, occlusion_drop, planted_settings)
 from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, root_of,
                                            simulated_data, train_or_load)
 
@@ -654,23 +653,17 @@ def switch_off_reliance(model: nn.Module, data: Dataset, batch_size: int = 32,
     return {"s1": fuse - micro_ap(pr["opt"], pr["label"]), "s2": fuse - micro_ap(pr["sar"], pr["label"])}
 
 
-@torch.no_grad()
 def occlusion_reliance(model: nn.Module, data: Dataset, means: torch.Tensor, batch_size: int = 32,
                        device: str | torch.device = "cpu") -> dict[str, float]:
     """{'s1', 's2'}: loss of micro-AP of the model's output when that modality's input channels are replaced by
-    their training means ``means`` (14,) at test time."""
-    model = model.to(device).eval()
-    probs: dict[str, list[torch.Tensor]] = {}
-    labels = []
-    for b in DataLoader(data, batch_size=batch_size, shuffle=False):
-        x = b["image"].to(device)
-        labels.append(b["label"])
-        for m in ("none", "s1", "s2"):
-            xo = x if m == "none" else occlude(x, LAYOUT.indices(m), MeanFill(means))
-            probs.setdefault(m, []).append(torch.sigmoid(model(xo)).cpu())
-    y = torch.cat(labels)
-    full = micro_ap(torch.cat(probs["none"]), y)
-    return {m: full - micro_ap(torch.cat(probs[m]), y) for m in ("s1", "s2")}
+    their training means ``means`` (14,) at test time (`occlusion_drop` with the micro-AP of the sigmoid outputs)."""
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+
+    def ap(m: nn.Module) -> float:
+        probs, labels = zip(*[(torch.sigmoid(m(b["image"].to(device))).cpu(), b["label"]) for b in loader])
+        return micro_ap(torch.cat(probs), torch.cat(labels))
+
+    return occlusion_drop(ap, model.to(device).eval(), LAYOUT, ("s1", "s2"), means)
 
 
 def planted_task(run: Run) -> PlantedTask:

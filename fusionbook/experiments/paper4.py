@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..attribution.occlusion import MeanFill, occlude
 from ..attribution.utilization import UtilizationRates, utilization_rates
 from ..data.sen12gum import SEN12GUM
 from ..losses import power_jaccard_loss
@@ -26,7 +25,8 @@ from ..models.unet import HafnerUNet
 from ..report import mean_sd
 from ..train import Task, evaluate, fit
 from ..transforms import paper45_augmentations
-from .planted import PlantedSetting, PlantedTask, ShuffledTargets, channel_means, prior_f1
+from .planted import (PlantedSetting, PlantedTask, ShuffledTargets, channel_means,
+                                            occlusion_drop, prior_f1)
 from .planted import planted_settings as pt_settings
 from .recipe import (DataSource, ExperimentConfig, Run, Trained, fit_limits, jobs,
                                           root_of, simulated_data, train_or_load, training_flops)
@@ -401,26 +401,21 @@ def cur_importance(rates: UtilizationRates) -> dict[str, float]:
     return {k: 0.0 if v != v else v for k, v in u.items()}
 
 
-@torch.no_grad()
 def occlusion_f1_drop(model: nn.Module, cfg: Paper4Config, data: DataSource,
                       device: torch.device | str = "cpu") -> dict[str, float]:
-    "Fusion-F1 drop on the test split when each modality is replaced by its training-set channel means."
-    train = load_split(cfg, data, "train", train=False)
+    """Fusion-F1 drop on the test split when each modality is replaced by its training-set channel means
+    (`occlusion_drop`, sample by sample); ``model`` takes the stacked (B, 6, H, W) input of `paper4_layout()`, as
+    `DualStreamUNetMMTM` does."""
+    train, test = load_split(cfg, data, "train", train=False), load_split(cfg, data, "test")
     means = torch.cat([channel_means(train, "s1"), channel_means(train, "s2")])
-    layout = paper4_layout()
-    fill = MeanFill(means)
-    metrics = {k: OutputMetrics(cfg.threshold) for k in ("none", *MODALITIES)}
-    model = model.to(device).eval()
-    test = load_split(cfg, data, "test")
-    for i in range(len(test)):
-        s = test[i]
-        x = torch.cat([s["s1"], s["s2"]])[None].to(device)
-        for k, m in metrics.items():
-            xo = x if k == "none" else occlude(x, layout.indices(k), fill)
-            out = model({"s1": xo[:, :2], "s2": xo[:, 2:]})
-            m.update(out, s["mask"][None])
-    f1 = {k: m.compute()["f1_fusion"] for k, m in metrics.items()}
-    return {k: f1["none"] - f1[k] for k in MODALITIES}
+
+    def f1(m: nn.Module) -> float:
+        metrics = OutputMetrics(cfg.threshold)
+        for s in (test[i] for i in range(len(test))):
+            metrics.update(m(torch.cat([s["s1"], s["s2"]])[None].to(device)), s["mask"][None])
+        return metrics.compute()["f1_fusion"]
+
+    return occlusion_drop(f1, model.to(device).eval(), paper4_layout(), MODALITIES, means)
 
 
 def planted_task(run: Run) -> PlantedTask:

@@ -16,13 +16,15 @@ from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..attribution.occlusion import Fill, MeanFill, occlude
 from .recipe import DataSource, Trained
+from ..modality import StackLayout
 from ..train import progress_bar
 
 # %% auto #0
-__all__ = ['ShuffledTargets', 'calibrate_batchnorm', 'channel_means', 'PlantedSetting', 'PlantedTask', 'planted_settings',
-           'learning_gain', 'learned', 'prior_f1', 'top_modality', 'kendall_tau', 'run_planted', 'planted_verdicts',
-           'flips', 'planted_rows', 'plot_planted']
+__all__ = ['ShuffledTargets', 'calibrate_batchnorm', 'channel_means', 'Occluded', 'occlusion_drop', 'PlantedSetting',
+           'PlantedTask', 'planted_settings', 'learning_gain', 'learned', 'prior_f1', 'top_modality', 'kendall_tau',
+           'run_planted', 'planted_verdicts', 'flips', 'planted_rows', 'plot_planted']
 
 # %% ../../nbs/26_experiments.planted.ipynb #9d6f151c
 class ShuffledTargets(Dataset):
@@ -86,6 +88,38 @@ def channel_means(dataset: Dataset, key: str = "image", max_samples: int | None 
         s, c = torch.where(ok, x, 0).sum(1), ok.sum(1)
         total, count = (s, c) if total is None else (total + s, count + c)
     return (total / count.clamp(min=1)).float()
+
+# %% ../../nbs/26_experiments.planted.ipynb #a9753344
+class Occluded(nn.Module):
+    """``model`` applied to its stacked input ``x`` (B, C, H, W) with the channels ``channels`` (indices into C,
+    e.g. ``layout.indices(modality)``) replaced by ``fill`` (e.g. `MeanFill` of the training means): test-time
+    occlusion of a modality as a model; the output is ``model``'s for the occluded (B, C, H, W) input."""
+
+    def __init__(self, model: nn.Module, channels: Sequence[int], fill: Fill):
+        super().__init__()
+        self.model, self.channels, self.fill = model, list(channels), fill
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model(occlude(x, self.channels, self.fill))
+
+
+@torch.no_grad()
+def occlusion_drop(score: Callable[[nn.Module], float], model: nn.Module, layout: StackLayout,
+                   modalities: Sequence[str], means: torch.Tensor, *, lower_is_better: bool = False
+                   ) -> dict[str, float]:
+    """The metric lost when each modality's input channels are replaced by their training-set channel means
+    ``means`` (C,) at test time: ``{modality: score(model) − score(Occluded(model, layout.indices(modality),
+    MeanFill(means)))}``, negated when ``lower_is_better`` (a positive drop = the model relies on the modality).
+
+    ``score(m)`` evaluates ``m`` — a model of the stacked (B, C, H, W) input of ``layout`` — on the test data with
+    the caller's metric and loop; it is called once for ``model`` and once per modality."""
+    fill, base = MeanFill(means), score(model)
+
+    def drop(modality: str) -> float:
+        occluded = score(Occluded(model, layout.indices(modality), fill))
+        return occluded - base if lower_is_better else base - occluded
+
+    return {m: drop(m) for m in modalities}
 
 # %% ../../nbs/26_experiments.planted.ipynb #ecb57059
 @dataclass(frozen=True)
