@@ -232,6 +232,9 @@ def test_families_put_the_papers_methods_beside_the_books(grid_run):
         sim_tile_size=32, eval_batch_size=4, planted_tiles=10, planted_epochs=1, planted_batch_size=2))
     f4 = cm.paper4_family(frun, cfg=p4.PROFILES["smoke"].replace(planted_n=20, planted_epochs=1))
     assert (f1.seeds, f4.seeds) == ((0,), (0,))
+    assert not (f1.task.retrain_oracle or f4.task.retrain_oracle)  # the smoke profile: test-time occlusion
+    again = dataclasses.replace(run, cfg=run.cfg.replace(family_seeds=(0,), family_retrain=True))
+    assert cm.paper4_family(again, cfg=p4.PROFILES["smoke"]).task.retrain_oracle
     for f in (f1, f4):
         f.settings = f.settings[:1]
     verdicts, scores = cm.run_families([f1, f4], progress=False)

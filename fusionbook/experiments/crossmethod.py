@@ -44,9 +44,10 @@ class CrossMethodConfig(p2.Paper2Config):
     svs_samples: int = 25  # orderings drawn by captum's ShapleyValueSampling (captum's default)
     cost_repeats: int = 3  # timed repeats of every method in the cost benchmark (the fastest counts)
     family_seeds: tuple[int, ...] | None = None  # seeds of the segmentation families (None: planted_seeds)
+    family_retrain: bool = True  # the families' oracle retrains without each modality (False: test-time occlusion)
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = p2.Paper2Config.OPERATIONAL + (
-        "strengths", "weak_modalities", "cost_repeats", "family_seeds")
+        "strengths", "weak_modalities", "cost_repeats", "family_seeds", "family_retrain")
 
     def validate(self) -> None:
         super().validate()
@@ -74,7 +75,8 @@ def _profiles() -> dict[str, CrossMethodConfig]:
 
     return {"paper": CrossMethodConfig(**base("paper") | {"seeds": (31, 32, 33), "planted_seeds": (31, 32, 33)}),
             "smoke": CrossMethodConfig(**base("smoke") | {"seeds": (0, 1), "planted_seeds": (0, 1),
-                                                          "weak_modalities": ("s1",), "family_seeds": (0,)})}
+                                                          "weak_modalities": ("s1",), "family_seeds": (0,),
+                                                          "family_retrain": False})}
 
 
 PROFILES: dict[str, CrossMethodConfig] = _profiles()
@@ -594,11 +596,13 @@ class Family:
     seeds: tuple[int, ...]
 
 
-def _family_cfg(profiles: Mapping[str, Any], run: Run, cfg: Any | None) -> Any:
-    "The paper's configuration of ``run``'s profile (or ``cfg``), with the chapter's seeds, threads and step limit."
+def _family_cfg(profiles: Mapping[str, Any], run: Run, cfg: Any | None, oracle_field: str) -> Any:
+    """The paper's configuration of ``run``'s profile (or ``cfg``), with the chapter's seeds, threads, step limit
+    and ``family_retrain`` (written to the paper's ``oracle_field``)."""
     c = cfg if cfg is not None else profiles[run.cfg.profile]
     seeds = tuple(run.cfg.family_seeds or run.cfg.planted_seeds)
-    return c.replace(planted_seeds=seeds, threads=run.cfg.threads, max_steps=run.cfg.max_steps)
+    return c.replace(planted_seeds=seeds, threads=run.cfg.threads, max_steps=run.cfg.max_steps,
+                     **{oracle_field: bool(run.cfg.family_retrain)})
 
 
 def _with_methods(base: PlantedTask, methods: Sequence[str], layout: StackLayout, groups: Sequence[str],
@@ -616,7 +620,7 @@ def paper1_family(run: Run, methods: Sequence[str] = FAMILY_METHODS, cfg: Any | 
     profile of ``run``)."""
     from fusionbook.experiments import paper1 as p1
 
-    cfg = _family_cfg(p1.PROFILES, run, cfg)
+    cfg = _family_cfg(p1.PROFILES, run, cfg, "planted_oracle")
     prun = dataclasses.replace(run, cfg=cfg)
     pcfg = p1.planted_config(cfg)
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -641,7 +645,7 @@ def paper4_family(run: Run, methods: Sequence[str] = FAMILY_METHODS, cfg: Any | 
     from fusionbook.experiments import paper4 as p4
     from fusionbook.models.mmtm import paper4_layout
 
-    cfg = _family_cfg(p4.PROFILES, run, cfg)
+    cfg = _family_cfg(p4.PROFILES, run, cfg, "planted_retrain_oracle")
     prun = dataclasses.replace(run, cfg=cfg)
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -100,7 +100,7 @@ PROFILES: dict[str, Paper4Config] = {
     "smoke": Paper4Config(
         profile="smoke", seeds=(0, 1), num_workers=0, threads=1, eval_batch_size=16, topology=(8, 16), lr=3e-3,
         epochs=10, sim_n=80, sim_patch_size=32, sim_test_aois=4, planted_seeds=(0, 1), planted_n=160,
-        planted_epochs=10, planted_retrain_oracle=False),
+        planted_epochs=10),
 }
 "The chapter's two profiles: the paper's hyper-parameters, and a tiny CPU run on simulated data."
 
