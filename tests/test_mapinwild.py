@@ -11,6 +11,7 @@ import pytest
 import torch
 from rasterio.windows import Window
 
+import fusionbook.data.base as base
 import fusionbook.data.mapinwild as mw
 from fusionbook.data.io import DatasetError, MissingFileError, grid_transform, read_raster, write_geotiff
 from fusionbook.data.mapinwild import (
@@ -170,13 +171,13 @@ def test_normalisation_constants_exact():
 # ---------------------------------------------------------------------------------------------- crops
 def test_crops_are_windowed_reads(root: Path, monkeypatch):
     calls = []
-    real = mw.read_open
+    real = base.read_open
 
     def spy(src, path, **kw):
         calls.append((Path(path).parent.name, kw.get("window")))
         return real(src, path, **kw)
 
-    monkeypatch.setattr(mw, "read_open", spy)
+    monkeypatch.setattr(base, "read_open", spy)
     ds = MapInWild(root, "train", crop_size=16, target="naturalness")
     s = ds[0]
     assert len(calls) == 5 and all(isinstance(w, Window) and (w.height, w.width) == (16, 16) for _, w in calls)
@@ -212,8 +213,8 @@ def test_256_and_1024_crops_of_a_1920_tile(tmp_path: Path, monkeypatch):
     write_geotiff(tmp_path / "ESA_WC" / "555556115.tif", wc)
     write_geotiff(tmp_path / "mask" / "555556115.tif", mask)
     windows = []
-    real = mw.read_open
-    monkeypatch.setattr(mw, "read_open", lambda src, p, **kw: windows.append(kw["window"]) or real(src, p, **kw))
+    real = base.read_open
+    monkeypatch.setattr(base, "read_open", lambda src, p, **kw: windows.append(kw["window"]) or real(src, p, **kw))
     for size in (256, 1024):
         ds = MapInWild(tmp_path, None, ("worldcover",), target="mask", crop_size=size, layout="authors",
                        normalize=None)

@@ -17,14 +17,16 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from .io import DatasetError, RasterInfo, require_file
+from .io import DatasetError, RasterInfo, check_window, finish_read, read_open, require_file
 from ..modality import DatasetModalities, StackLayout
 
 # %% auto #0
 __all__ = ['NONFINITE', 'CHECKS', 'Normalization', 'DatasetWarning', 'check_choice', 'report', 'apply_nonfinite', 'ValueSpec',
-           'check_descriptions', 'resolve_normalize', 'standardize', 'RasterHandles', 'FusionDataset', 'band_stats']
+           'check_descriptions', 'resolve_normalize', 'standardize', 'RasterHandles', 'shared_handles', 'FusionDataset',
+           'band_stats']
 
 # %% ../../nbs/01a_data.base.ipynb #8a82a6e3
 NONFINITE: tuple[str, ...] = ("error", "zero", "keep")
@@ -190,17 +192,20 @@ def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 # %% ../../nbs/01a_data.base.ipynb #18a8e68c
 class RasterHandles:
-    "Open rasterio datasets and their headers, cached per process (dropped when pickled)."
+    """Open rasterio datasets and their headers, cached per process (dropped when pickled); with ``keep_pixels``
+    also the decoded pixels of every file read through `read` (at most ``max_pixel_bytes``)."""
 
-    def __init__(self, max_open: int = 256):
-        self.max_open = int(max_open)
+    def __init__(self, max_open: int = 256, keep_pixels: bool = False, max_pixel_bytes: int = 2 * 1024**3):
+        self.max_open, self.keep_pixels, self.max_pixel_bytes = int(max_open), bool(keep_pixels), int(max_pixel_bytes)
         self._pid = os.getpid()
         self._open: dict[Path, Any] = {}
         self._info: dict[Path, RasterInfo] = {}
+        self._pixels: dict[Path, tuple[tuple[int, int], np.ndarray, float | None]] = {}
+        self.pixel_bytes = 0
 
     def _own(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
-            self._open, self._info, self._pid = {}, {}, os.getpid()
+            self._open, self._info, self._pixels, self.pixel_bytes, self._pid = {}, {}, {}, 0, os.getpid()
 
     def open(self, path: str | os.PathLike, what: str = "raster"):
         "The open dataset of ``path`` (raises `DatasetError` for missing or unreadable files)."
@@ -226,24 +231,73 @@ class RasterHandles:
         if p not in self._info:
             src = self.open(p, what)
             self._info[p] = RasterInfo(p, src.count, src.height, src.width, src.crs, src.transform, src.dtypes[0],
-                                       src.nodata)
+                                       src.nodata, tuple(src.descriptions))
         return self._info[p]
 
+    def read(self, path: str | os.PathLike, what: str = "raster", *, count: int | None = None,
+             window: Window | None = None, dtype: str | None = "float32", nodata: str = "keep") -> np.ndarray:
+        """Every band of ``path`` as ``(C, H, W)`` (``window``: a crop), as `fusionbook.data.io.read_open` reads it;
+        with ``keep_pixels`` from the kept pixels (the file is decoded on first use only)."""
+        if not self.keep_pixels:
+            return read_open(self.open(path, what), path, what=what, count=count, window=window, dtype=dtype,
+                             nodata=nodata)
+        full, nd = self._kept(Path(path), what)
+        if count is not None and len(full) != count:
+            raise DatasetError(f"{what}: {path} has {len(full)} band(s), expected {count}")
+        if window is not None:
+            w = check_window(window, full.shape[1], full.shape[2], what, path)
+            full = full[:, w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width]
+        return finish_read(full.copy(), nd, what=what, path=path, dtype=dtype, nodata=nodata)
+
+    def _kept(self, p: Path, what: str) -> tuple[np.ndarray, float | None]:
+        "The kept pixels of ``p`` and its nodata value, decoding the file if it is new or changed."
+        self._own()
+        st = require_file(p, what).stat()
+        sig = (st.st_mtime_ns, st.st_size)
+        hit = self._pixels.pop(p, None)
+        if hit is not None and hit[0] != sig:
+            self.pixel_bytes -= hit[1].nbytes
+            self._info.pop(p, None)
+            if p in self._open:  # the open handle still reads the old file
+                self._open.pop(p).close()
+            hit = None
+        if hit is None:
+            src = self.open(p, what)
+            hit = (sig, read_open(src, p, what=what, dtype=None), src.nodata)
+            self.pixel_bytes += hit[1].nbytes
+            while self._pixels and self.pixel_bytes > self.max_pixel_bytes:  # least recently used out first
+                self.pixel_bytes -= self._pixels.pop(next(iter(self._pixels)))[1].nbytes
+        self._pixels[p] = hit  # (re)inserted last: the most recently used
+        return hit[1], hit[2]
+
     def close(self) -> None:
-        "Close every handle."
+        "Close every handle and forget the kept pixels."
         if self._pid == os.getpid():
             for src in self._open.values():
                 src.close()
-        self._open, self._info = {}, {}
+        self._open, self._info, self._pixels, self.pixel_bytes = {}, {}, {}, 0
 
     def __len__(self) -> int:
         return len(self._open)
 
     def __getstate__(self) -> dict:
-        return {"max_open": self.max_open}
+        return {"max_open": self.max_open, "keep_pixels": self.keep_pixels, "max_pixel_bytes": self.max_pixel_bytes}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_open"])
+        self.__init__(**state)
+
+
+_SHARED: RasterHandles | None = None
+
+
+def shared_handles() -> RasterHandles:
+    """The process-wide `RasterHandles` that keeps pixels (2 GiB at most): pass it as ``handles=`` to every dataset
+    that should share decoded files (small data read many times)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = RasterHandles(max_open=64, keep_pixels=True)
+    return _SHARED
+
 
 # %% ../../nbs/01a_data.base.ipynb #8844bd9a
 class FusionDataset(Dataset):
@@ -255,9 +309,11 @@ class FusionDataset(Dataset):
 
     def _init_protocol(self, root: str | os.PathLike, split: str | None, modalities: Sequence[str],
                        transforms: Callable[[dict], dict] | None, normalize: Normalization, nonfinite: str,
-                       checks: str, channels: Mapping[str, int] | None = None) -> None:
+                       checks: str, channels: Mapping[str, int] | None = None,
+                       handles: RasterHandles | None = None) -> None:
         """Store and check the protocol's arguments (``modalities`` already validated by the loader);
-        ``channels``: channels per modality when the loader reads a band subset."""
+        ``channels``: channels per modality when the loader reads a band subset; ``handles``: file handles shared
+        with other datasets (e.g. `shared_handles`; default: this dataset's own)."""
         self.root = Path(root)
         self.split = split
         self.modalities = tuple(modalities)
@@ -272,7 +328,9 @@ class FusionDataset(Dataset):
             channels = {m: len(self.modality_spec[m]) for m in self.modalities}
         self._norm = resolve_normalize(normalize, channels)
         self.epoch = 0
-        self.handles = RasterHandles()
+        if handles is not None and not isinstance(handles, RasterHandles):
+            raise DatasetError(f"handles must be a RasterHandles or None, got {type(handles).__name__}")
+        self.handles = handles if handles is not None else RasterHandles()
 
     # -- the protocol ------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -23,9 +23,9 @@ from rasterio.windows import Window
 
 # %% auto #0
 __all__ = ['SIM_CRS', 'DatasetError', 'MissingFileError', 'require_file', 'require_empty_dir', 'require_dir', 'RasterInfo',
-           'raster_info', 'read_raster', 'read_open', 'check_aligned', 'aligned_headers', 'random_window',
-           'center_window', 'indexed_window', 'atomic_write_bytes', 'atomic_write_json', 'grid_transform',
-           'write_geotiff']
+           'raster_info', 'read_raster', 'read_open', 'check_window', 'finish_read', 'check_aligned', 'aligned_headers',
+           'random_window', 'center_window', 'indexed_window', 'atomic_write_bytes', 'atomic_write_json',
+           'grid_transform', 'write_geotiff']
 
 # %% ../../nbs/01_data.io.ipynb #1eaf9445
 class DatasetError(ValueError):
@@ -72,6 +72,7 @@ class RasterInfo:
     transform: Affine
     dtype: str
     nodata: float | None
+    descriptions: tuple[str | None, ...] = ()  # band descriptions (names), as the file stores them
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -90,7 +91,7 @@ def raster_info(path: str | os.PathLike, what: str = "raster") -> RasterInfo:
     "Read the header of ``path`` (raises `DatasetError` for missing or unreadable files)."
     with _open(path, what) as src:
         return RasterInfo(Path(path), src.count, src.height, src.width, src.crs, src.transform,
-                          src.dtypes[0], src.nodata)
+                          src.dtypes[0], src.nodata, tuple(src.descriptions))
 
 # %% ../../nbs/01_data.io.ipynb #0e473124
 def read_raster(
@@ -133,15 +134,30 @@ def read_open(
     if max(idx) > src.count or min(idx) < 1:
         raise DatasetError(f"{what}: {path} has {src.count} band(s); cannot read bands {idx}")
     if window is not None:
-        w = Window(*window) if not isinstance(window, Window) else window
-        if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > src.width or w.row_off + w.height > src.height:
-            raise DatasetError(f"{what}: window {w} lies outside {path} ({src.height}×{src.width})")
+        check_window(window, src.height, src.width, what, path)
     shape = None if out_shape is None else (len(idx), *out_shape)
     try:
         arr = src.read(idx, window=window, out_shape=shape, resampling=getattr(Resampling, resampling))
     except RasterioIOError as e:
         raise DatasetError(f"{what}: {path} is truncated or corrupt ({e})") from e
-    nd = src.nodata
+    return finish_read(arr, src.nodata, what=what, path=path, dtype=dtype, nodata=nodata)
+
+
+def check_window(window: Window | tuple, height: int, width: int, what: str = "raster",
+                 path: str | os.PathLike = "") -> Window:
+    "``window`` as a `Window`, checked to lie inside a ``height × width`` raster (`DatasetError` otherwise)."
+    w = Window(*window) if not isinstance(window, Window) else window
+    if w.col_off < 0 or w.row_off < 0 or w.col_off + w.width > width or w.row_off + w.height > height:
+        raise DatasetError(f"{what}: window {w} lies outside {path} ({height}×{width})")
+    return w
+
+
+def finish_read(arr: np.ndarray, nd: float | None, *, what: str = "raster", path: str | os.PathLike = "",
+                dtype: str | None = "float32", nodata: str = "keep") -> np.ndarray:
+    """The last step of every read: cast to ``dtype`` (None: keep) and apply the ``nodata`` policy with the file's
+    nodata value ``nd``; may modify ``arr`` in place (pass a copy of anything you keep)."""
+    if nodata not in ("keep", "nan", "error"):
+        raise ValueError(f"nodata must be 'keep', 'nan' or 'error', got {nodata!r}")
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     if nodata == "nan" and nd is not None and not np.isnan(nd):
@@ -154,6 +170,7 @@ def read_open(
         if bad.any():
             raise DatasetError(f"{what}: {path} contains {int(bad.sum())} nodata/NaN pixel(s); expected none")
     return arr
+
 
 # %% ../../nbs/01_data.io.ipynb #96e66c9f
 def check_aligned(infos: Mapping[str, RasterInfo], *, shape: bool = True, grid: bool = True) -> None:

@@ -30,13 +30,13 @@ from fusionbook.data.io import (
     grid_transform,
     indexed_window,
     random_window,
-    read_open,
     read_raster,
     require_dir,
     require_file,
     write_geotiff,
 )
-from .base import FusionDataset, Normalization, ValueSpec, apply_nonfinite, check_descriptions
+from .base import (FusionDataset, Normalization, RasterHandles, ValueSpec, apply_nonfinite,
+                                  check_descriptions)
 from .scene import SceneKnobs, simulate_scene
 from ..modality import MAPINWILD, S2_10, DatasetModalities
 
@@ -253,6 +253,7 @@ class MapInWild(FusionDataset):
         nonfinite: str = "error",
         checks: str = "error",
         nan_policy: str | None = None,
+        handles: RasterHandles | None = None,
     ):
         if isinstance(modalities, str):
             modalities = (modalities,)
@@ -263,7 +264,7 @@ class MapInWild(FusionDataset):
                                f"got {modalities}")
         if nan_policy is not None:  # the old name of `nonfinite`
             nonfinite = nan_policy
-        self._init_protocol(root, split, modalities, transforms, normalize, nonfinite, checks)
+        self._init_protocol(root, split, modalities, transforms, normalize, nonfinite, checks, handles=handles)
         if target is not None and target not in TARGETS:
             raise DatasetError(f"target must be one of {tuple(TARGETS)} or None, got {target!r}")
         if season not in S2_SEASONS:
@@ -361,7 +362,7 @@ class MapInWild(FusionDataset):
                                    f"{BAND_COUNT[name]}")
             VALUE_SPECS[name].check_dtype(info.dtype, f"{self._what(name)}: {path}", self.checks)
             if name in ("s2", "s1"):
-                check_descriptions(self.handles.open(path).descriptions, MAPINWILD[name].bands,
+                check_descriptions(info.descriptions, MAPINWILD[name].bands,
                                    f"{self._what(name)}: {path}", self.checks, "MapInWild's band order")
             infos[name] = info
         check_aligned(infos)
@@ -403,12 +404,12 @@ class MapInWild(FusionDataset):
 
     def _read(self, name: str, path: Path, window: Window | None) -> np.ndarray:
         where = f"{self._what(name)}: {path}"
-        src = self.handles.open(path, self._what(name))
         nodata = "nan" if name == "naturalness" else "keep"
-        raw = read_open(src, path, what=self._what(name), count=BAND_COUNT[name], window=window, dtype=None,
-                        nodata=nodata)
+        raw = self.handles.read(path, self._what(name), count=BAND_COUNT[name], window=window, dtype=None,
+                                nodata=nodata)
         spec = VALUE_SPECS[name]
-        spec.check_values(raw, where, self.checks, src.nodata if name == "worldcover" else None)
+        spec.check_values(raw, where, self.checks,
+                          self.handles.info(path, self._what(name)).nodata if name == "worldcover" else None)
         arr = _to_float(raw)
         if name == "mask":
             return (arr != 0).astype(np.float32)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..attribution.influence import dataset_scores
+from ..data.base import shared_handles
 from ..data.mapinwild import MapInWild
 from ..data.scene import SceneKnobs
 from . import planted as pt
@@ -97,12 +98,13 @@ class Paper1Config(ExperimentConfig):
     # the landscape tells where they are (with the default knobs no modality predicts the mask at small crops)
     planted_scene: tuple[tuple[str, float], ...] = (
         ("structure_scale", 0.25), ("urban_fraction", 0.3), ("protected_fraction", 0.5))
+    in_memory: bool = False  # decode each tile once, shared by every split and model (small data only; same values)
     planted_margin: float = 0.1  # learning gate: pixel-accuracy gain over the majority class ≥ margin
     planted_oracle: bool = True  # retrain leave-one-modality-out models as the oracle
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ExperimentConfig.OPERATIONAL + (
         "timing_steps", "sim_seed", "sim_tiles", "sim_tile_size", "planted_seeds", "planted_tiles",
-        "planted_tile_size", "planted_scene", "planted_margin", "planted_oracle")
+        "planted_tile_size", "planted_scene", "planted_margin", "planted_oracle", "in_memory")
 
     def validate(self) -> None:
         super().validate()
@@ -159,7 +161,7 @@ PROFILES: dict[str, Paper1Config] = {
         decoder_channels=(32, 16, 16, 8, 8), score_channels=8, lr=1e-3, cyclic_base_lr=1e-4, cyclic_max_lr=1e-3,
         cyclic_step_size=4, batch_size=4, epochs=2, patience=None, crop_size=32, timing_steps=2, sim_tiles=20,
         sim_tile_size=64, planted_seeds=(0, 1), planted_tiles=80, planted_batch_size=8, planted_epochs=5,
-        planted_lr=3e-3, planted_oracle=False),
+        planted_lr=3e-3, planted_oracle=False, in_memory=True),
 }
 "The chapter's two profiles: the paper's settings, and a tiny CPU run on simulated data."
 
@@ -215,7 +217,7 @@ def load_split(cfg: Paper1Config, data: DataSource | str | os.PathLike, split: s
     ds = MapInWild(root_of(data), split=split, modalities=mods, target="mask", season=cfg.season,
                    crop_size=cfg.crop_size, crop="random",
                    seed=(cfg.crop_seed + 7919 * (seed + 1)) if train else cfg.crop_seed,
-                   nan_policy="zero", crop_seeding="index")
+                   nan_policy="zero", crop_seeding="index", handles=shared_handles() if cfg.in_memory else None)
     ds.transforms = Compose([Stack(MAPINWILD.layout(mods), keep=False)])
     return ds
 

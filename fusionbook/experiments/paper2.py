@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..attribution import MeanFill, dataset_influence, output_occlusion
 from ..attribution.compare import rank_agreement
+from ..data.base import shared_handles
 from ..data.io import atomic_write_bytes, read_raster
 from ..data.mapinwild import MapInWild, denormalize
 from .planted import (PlantedSetting, PlantedTask, ShuffledTargets, calibrate_batchnorm,
@@ -76,6 +77,7 @@ class Paper2Config(ExperimentConfig):
     sample_weighting: Literal["inverse_mean_ni", "none"] = "inverse_mean_ni"
     weight_floor: float = 1e-3  # mean NI (0..1) is floored here before inverting
     crop_seed: int = 31  # seed of the validation / test crops (the authors' seed)
+    in_memory: bool = False  # decode each tile once, shared by every split and model (small data only; same values)
     amp: str = "auto"  # mixed precision on CUDA (the authors trained with 16-mixed)
     # attribution
     fills: tuple[str, ...] = FILLS
@@ -95,7 +97,7 @@ class Paper2Config(ExperimentConfig):
 
     OPERATIONAL: ClassVar[tuple[str, ...]] = ExperimentConfig.OPERATIONAL + (
         "fills", "sim_seed", "sim_tiles", "sim_tile_size", "planted_seeds", "planted_tiles", "planted_margin",
-        "planted_strength", "planted_null")
+        "planted_strength", "planted_null", "in_memory")
 
     def validate(self) -> None:
         super().validate()
@@ -134,7 +136,8 @@ PROFILES: dict[str, Paper2Config] = {
     "smoke": Paper2Config(
         profile="smoke", seeds=(0,), base_channels=8, lr=1e-3, batch_size=4, epochs=3, patience=None, crop_size=64,
         num_workers=0, eval_batch_size=16, threads=2, sim_tiles=100, sim_tile_size=128, planted_seeds=(0, 1),
-        planted_tiles=100, planted_epochs=6, planted_crop_size=64, planted_lr=3e-3, planted_null="random"),
+        planted_tiles=100, planted_epochs=6, planted_crop_size=64, planted_lr=3e-3, planted_null="random",
+        in_memory=True),
 }
 "The chapter's two profiles: the paper's hyper-parameters, and a tiny CPU run on simulated data."
 
@@ -250,7 +253,7 @@ def load_split(cfg: Paper2Config, data: DataSource | str | os.PathLike, split: s
     ds = MapInWild(root_of(data), split=split, modalities=mods, target="naturalness", season=cfg.season,
                    crop_size=cfg.crop_size, crop="random",
                    seed=(cfg.crop_seed + 7919 * (seed + 1)) if train else cfg.crop_seed,
-                   nonfinite="zero", crop_seeding="index")
+                   nonfinite="zero", crop_seeding="index", handles=shared_handles() if cfg.in_memory else None)
     if stacked:
         steps = [Stack(MAPINWILD.layout(mods), keep=False)]
         if train and cfg.augment:
