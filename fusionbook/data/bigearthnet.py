@@ -821,15 +821,76 @@ def _split_names(n: int, splits: Sequence[float], rng: np.random.Generator) -> l
     return [names[i] for i in np.argsort(rng.permutation(n))]
 
 
+def _ben_pair(root: Path, i: int, seed: np.random.SeedSequence, knobs: SceneKnobs, version: str, naming: str,
+              split: str) -> tuple[str, list[str], str, str, bool, bool]:
+    """Draw and write simulated pair ``i`` (its own random stream ``seed``); returns its row
+    ``(s2_name, 19-class labels, split, s1_name, cloud flag, snow flag)``."""
+    from fusionbook.data.scene import simulate_scene
+
+    r_, c_ = divmod(i, 100)
+    if version == "v1":
+        s2_name = f"S2A_MSIL2A_20170613T101031_{r_}_{c_}"
+        s1_name = f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{r_}_{c_}"
+        s2_dir, s1_dir = root / "BigEarthNet-v1.0" / s2_name, root / "BigEarthNet-S1-v1.0" / s1_name
+    else:
+        s2_name, s1_name = (f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{r_}_{c_}",
+                            f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{r_}_{c_}")
+        s2_dir = root / V2_FOLDERS["s2"] / _v2_product(s2_name, False) / s2_name
+        s1_dir = root / V2_FOLDERS["s1"] / _v2_product(s1_name, True) / s1_name
+    g = np.random.default_rng(seed)
+    wkt = SIM_CRS.to_wkt()
+    scene = simulate_scene(PATCH_SIZE, g, knobs)
+    # labels: one CLC-43 class per WorldCover class present
+    fr = scene.class_fractions()
+    if naming == "share":
+        pick = {wc: share_name(wc, f) for wc, f in fr.items()}
+    else:
+        pick = {wc: WORLDCOVER_TO_CLC43[wc][int(g.integers(len(WORLDCOVER_TO_CLC43[wc])))] for wc in sorted(fr)}
+        if pick.get(50) == "Continuous urban fabric" and fr[50] < 0.5:
+            pick[50] = "Discontinuous urban fabric"  # continuous fabric needs a dense town
+    labels = sorted({pick[wc] for wc, f in fr.items() if f >= LABEL_MIN_FRACTION}, key=CLC43_CODES.get)
+    cloud = float((scene.cloud | scene.shadow).mean()) >= FLAG_MIN_FRACTION
+    snow = float(scene.snow.mean()) >= FLAG_MIN_FRACTION
+    # rasters at native resolution
+    ulx, uly = 400000.0 + 1200.0 * c_, 5400000.0 - 1200.0 * r_
+    dn = np.clip(np.rint(scene.s2 * 10000.0), 0, 65535)
+    for k, b in enumerate(BEN_S2):
+        f = PATCH_SIZE // S2_NATIVE_SIZE[b]
+        band = _block_mean(dn[k:k + 1], f) if f > 1 else dn[k:k + 1]
+        write_geotiff(s2_dir / f"{s2_name}_{b}.tif", np.rint(band).astype(np.uint16),
+                      transform=grid_transform(ulx, uly, 10.0 * f))
+    for k, b in enumerate(S1_BANDS):
+        write_geotiff(s1_dir / f"{s1_name}_{b}.tif", scene.s1[k:k + 1].astype(np.float32),
+                      transform=grid_transform(ulx, uly, 10.0))
+    if version == "v1":
+        box = {"ulx": int(ulx), "uly": int(uly), "lrx": int(ulx) + 1200}
+        atomic_write_json(s2_dir / f"{s2_name}_labels_metadata.json", {
+            "labels": labels, "coordinates": {**box, "lry": int(uly) - 1200}, "projection": wkt,
+            "tile_source": "S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP_SIMULATED.SAFE",
+            "acquisition_date": "2017-06-13 10:10:31"})
+        atomic_write_json(s1_dir / f"{s1_name}_labels_metadata.json", {
+            "labels": labels, "coordinates": {**box, "lly": int(uly) - 1200}, "projection": wkt,
+            "corresponding_s2_patch": s2_name, "scene_source": "S1A_IW_GRDH_1SDV_20170613T165043_SIMULATED",
+            "acquisition_time": "2017-06-13T16:50:43"})
+    else:
+        lut = np.zeros(256, np.uint16)
+        for wc, name in pick.items():
+            lut[wc] = CLC43_CODES[name]
+        ref_dir = root / V2_FOLDERS["reference"] / _v2_product(s2_name, False) / s2_name
+        write_geotiff(ref_dir / f"{s2_name}_reference_map.tif", lut[scene.landcover],
+                      transform=grid_transform(ulx, uly, 10.0), nodata=0)
+    names19 = [BEN19_CLASSES[j] for j in label_indices(labels, 19)]
+    return s2_name, names19, split, s1_name, cloud, snow
+
+
 def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: int = 0,
                          knobs: SceneKnobs | None = None, *, version: str = "v1",
                          splits: Sequence[float] = (0.6, 0.2, 0.2), naming: str = "share",
-                         exist_ok: bool = False) -> Path:
+                         exist_ok: bool = False, workers: int | None = None) -> Path:
     """Write ``n`` (default 60) simulated S1/S2 pairs under ``root`` in the v1, reBEN (``"v2"``) or reBEN
     LMDB (``"lmdb"``) layout; seeded and byte-identical for equal arguments.  ``naming``: how land cover becomes
-    CORINE labels (`LABEL_NAMING`).  Returns ``root``."""
-    from fusionbook.data.scene import simulate_scene
-
+    CORINE labels (`LABEL_NAMING`).  ``workers``: processes that draw and write the pairs (each pair has its own
+    random stream, so the files do not depend on it; None: up to 4 for 64 pairs or more).  Returns ``root``."""
     if version not in ("v1", "v2", "lmdb"):
         raise ValueError(f"version must be 'v1', 'v2' or 'lmdb', got {version!r}")
     if naming not in LABEL_NAMING:
@@ -837,70 +898,25 @@ def simulate_bigearthnet(root: str | os.PathLike, n: int | None = None, seed: in
     n = 60 if n is None else n
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of pairs, got {n!r}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"workers must be None or a positive int, got {workers!r}")
     knobs = _ben_knobs(knobs)
     root = require_empty_dir(root, "simulate_bigearthnet", exist_ok)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBE]))
     split_of = _split_names(n, splits, rng)
     seeds = np.random.SeedSequence([seed, 0xB1]).spawn(n)
-    wkt = SIM_CRS.to_wkt()
-    rows, lists = [], {"cloud": [], "snow": []}
-    for i in range(n):
-        r_, c_ = divmod(i, 100)
-        if version == "v1":
-            s2_name = f"S2A_MSIL2A_20170613T101031_{r_}_{c_}"
-            s1_name = f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{r_}_{c_}"
-            s2_dir, s1_dir = root / "BigEarthNet-v1.0" / s2_name, root / "BigEarthNet-S1-v1.0" / s1_name
-        else:
-            s2_name, s1_name = (f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{r_}_{c_}",
-                                f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{r_}_{c_}")
-            s2_dir = root / V2_FOLDERS["s2"] / _v2_product(s2_name, False) / s2_name
-            s1_dir = root / V2_FOLDERS["s1"] / _v2_product(s1_name, True) / s1_name
-        g = np.random.default_rng(seeds[i])
-        scene = simulate_scene(PATCH_SIZE, g, knobs)
-        # labels: one CLC-43 class per WorldCover class present
-        fr = scene.class_fractions()
-        if naming == "share":
-            pick = {wc: share_name(wc, f) for wc, f in fr.items()}
-        else:
-            pick = {wc: WORLDCOVER_TO_CLC43[wc][int(g.integers(len(WORLDCOVER_TO_CLC43[wc])))] for wc in sorted(fr)}
-            if pick.get(50) == "Continuous urban fabric" and fr[50] < 0.5:
-                pick[50] = "Discontinuous urban fabric"  # continuous fabric needs a dense town
-        labels = sorted({pick[wc] for wc, f in fr.items() if f >= LABEL_MIN_FRACTION}, key=CLC43_CODES.get)
-        cloud = float((scene.cloud | scene.shadow).mean()) >= FLAG_MIN_FRACTION
-        snow = float(scene.snow.mean()) >= FLAG_MIN_FRACTION
-        # rasters at native resolution
-        ulx, uly = 400000.0 + 1200.0 * c_, 5400000.0 - 1200.0 * r_
-        dn = np.clip(np.rint(scene.s2 * 10000.0), 0, 65535)
-        for k, b in enumerate(BEN_S2):
-            f = PATCH_SIZE // S2_NATIVE_SIZE[b]
-            band = _block_mean(dn[k:k + 1], f) if f > 1 else dn[k:k + 1]
-            write_geotiff(s2_dir / f"{s2_name}_{b}.tif", np.rint(band).astype(np.uint16),
-                          transform=grid_transform(ulx, uly, 10.0 * f))
-        for k, b in enumerate(S1_BANDS):
-            write_geotiff(s1_dir / f"{s1_name}_{b}.tif", scene.s1[k:k + 1].astype(np.float32),
-                          transform=grid_transform(ulx, uly, 10.0))
-        if version == "v1":
-            box = {"ulx": int(ulx), "uly": int(uly), "lrx": int(ulx) + 1200}
-            atomic_write_json(s2_dir / f"{s2_name}_labels_metadata.json", {
-                "labels": labels, "coordinates": {**box, "lry": int(uly) - 1200}, "projection": wkt,
-                "tile_source": "S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP_SIMULATED.SAFE",
-                "acquisition_date": "2017-06-13 10:10:31"})
-            atomic_write_json(s1_dir / f"{s1_name}_labels_metadata.json", {
-                "labels": labels, "coordinates": {**box, "lly": int(uly) - 1200}, "projection": wkt,
-                "corresponding_s2_patch": s2_name, "scene_source": "S1A_IW_GRDH_1SDV_20170613T165043_SIMULATED",
-                "acquisition_time": "2017-06-13T16:50:43"})
-        else:
-            lut = np.zeros(256, np.uint16)
-            for wc, name in pick.items():
-                lut[wc] = CLC43_CODES[name]
-            ref_dir = root / V2_FOLDERS["reference"] / _v2_product(s2_name, False) / s2_name
-            write_geotiff(ref_dir / f"{s2_name}_reference_map.tif", lut[scene.landcover],
-                          transform=grid_transform(ulx, uly, 10.0), nodata=0)
-        names19 = [BEN19_CLASSES[j] for j in label_indices(labels, 19)]
-        rows.append((s2_name, names19, split_of[i], s1_name, cloud, snow))
-        for k, flag in (("cloud", cloud), ("snow", snow)):
-            if flag:
-                lists[k].append(s2_name)
+    jobs = [(root, i, seeds[i], knobs, version, naming, split_of[i]) for i in range(n)]
+    workers = (min(4, os.cpu_count() or 1) if n >= 64 else 1) if workers is None else int(workers)
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            rows = list(pool.map(_ben_pair, *zip(*jobs), chunksize=max(1, n // (4 * workers))))
+    else:
+        rows = [_ben_pair(*job) for job in jobs]
+    lists = {k: [r[0] for r in rows if r[j]] for k, j in (("cloud", 4), ("snow", 5))}
     if version == "v1":
         for sp in ("train", "val", "test"):
             text = "".join(f"{s2},{s1}\n" for s2, _, s, s1, _, _ in rows if s == sp)
